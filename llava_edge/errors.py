@@ -1,0 +1,163 @@
+"""The llava-edge error tree.
+
+Every error the package raises on purpose is a ``LlavaEdgeError``. Each one knows the Runware error
+item it becomes on the wire (``code``, ``message``, ``parameter``), and each message says what to do
+next. Classes also inherit the builtin that fits, so callers may catch ``ValueError`` or
+``FileNotFoundError`` without knowing this module::
+
+    LlavaEdgeError
+    ├── InvalidRequestError (ValueError)      a request field breaks the Runware schema
+    │   ├── InvalidImageError                 an image cannot be read, fetched or is too large
+    │   ├── ContextOverflowError              image + prompt + max_tokens exceed n_ctx
+    │   └── ConflictTaskUUIDError             a live task already uses this taskUUID
+    ├── AuthenticationError                   missing or wrong API key (server)
+    ├── TaskNotFoundError (KeyError)          getResponse for an unknown or expired task
+    ├── ServerBusyError                       the task queue is full; retry later
+    ├── UnknownModelError (KeyError)          no variant has this id or alias
+    ├── RegistryError (ValueError)            models.toml (or a user's registry) is malformed
+    ├── ModelFileError (ValueError)           a GGUF file is missing, truncated or of the wrong kind
+    ├── ModelNotCachedError (FileNotFoundError)  offline and the files are not in the cache
+    ├── DownloadError                         the hub could not deliver a file
+    │   ├── ChecksumMismatchError             a downloaded file's size or sha256 is wrong
+    │   └── InsufficientDiskError             not enough free disk for a download
+    ├── InsufficientMemoryError               no variant fits in the available memory
+    └── RuntimeBackendError                   llama.cpp failed to load or run
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LlavaEdgeError(Exception):
+    """Base class: an error meant to be shown to the user, with a Runware error code."""
+
+    code = "internalServerError"
+    parameter: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, parameter: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if parameter is not None:
+            self.parameter = parameter
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_runware(self, *, task_type: str | None = None, task_uuid: str | None = None) -> dict[str, Any]:
+        """The Runware error item: ``{code, message, parameter, taskType, taskUUID}``.
+
+        ``parameter``, ``taskType`` and ``taskUUID`` are left out when unknown.
+        """
+        item: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.parameter is not None:
+            item["parameter"] = self.parameter
+        if task_type is not None:
+            item["taskType"] = task_type
+        if task_uuid is not None:
+            item["taskUUID"] = task_uuid
+        return item
+
+
+class InvalidRequestError(LlavaEdgeError, ValueError):
+    """Raised when a request field is missing, of the wrong type or out of range."""
+
+    code = "invalidRequest"
+
+
+class InvalidImageError(InvalidRequestError):
+    """Raised when an image input cannot be decoded, fetched, or breaks a size limit."""
+
+    code = "invalidInputsImage"
+    parameter = "inputs.image"
+
+
+class ContextOverflowError(InvalidRequestError):
+    """Raised before any compute when image tokens + prompt + max_tokens do not fit in n_ctx."""
+
+    code = "maxContextLengthExceeded"
+    parameter = "maxTokens"
+
+
+class ConflictTaskUUIDError(InvalidRequestError):
+    """Raised when a taskUUID is reused while the task that owns it is still live."""
+
+    code = "conflictTaskUUID"
+    parameter = "taskUUID"
+
+
+class AuthenticationError(LlavaEdgeError):
+    """Raised by the server when the API key is missing or wrong."""
+
+    code = "invalidApiKey"
+    parameter = "apiKey"
+
+
+class TaskNotFoundError(LlavaEdgeError, KeyError):
+    """Raised when getResponse names a task that is unknown or whose result has expired."""
+
+    code = "taskFailedOrNotFound"
+    parameter = "taskUUID"
+
+
+class ServerBusyError(LlavaEdgeError):
+    """Raised when the server's task queue is full. Retry after a short wait."""
+
+    code = "serviceUnavailable"
+
+
+class UnknownModelError(LlavaEdgeError, KeyError):
+    """Raised when a model id, alias or Runware AIR id names no known variant."""
+
+    code = "invalidModel"
+    parameter = "model"
+
+
+class RegistryError(LlavaEdgeError, ValueError):
+    """Raised when models.toml, or a registry file given by the user, is malformed."""
+
+    code = "invalidModelRegistry"
+
+
+class ModelFileError(LlavaEdgeError, ValueError):
+    """Raised when a GGUF file is missing, truncated, or not the kind of file expected."""
+
+    code = "modelUnavailable"
+    parameter = "model"
+
+
+class ModelNotCachedError(LlavaEdgeError, FileNotFoundError):
+    """Raised in offline mode when a model's files are not in the local cache."""
+
+    code = "modelUnavailable"
+    parameter = "model"
+
+
+class DownloadError(LlavaEdgeError):
+    """Raised when the hub cannot deliver a model file."""
+
+    code = "modelUnavailable"
+    parameter = "model"
+
+
+class ChecksumMismatchError(DownloadError):
+    """Raised when a downloaded file's size or sha256 differs from the registry's."""
+
+
+class InsufficientDiskError(DownloadError):
+    """Raised before a download starts when the target disk has too little free space."""
+
+
+class InsufficientMemoryError(LlavaEdgeError):
+    """Raised by ``model="auto"`` when no variant fits in the memory available."""
+
+    code = "modelUnavailable"
+    parameter = "model"
+
+
+class RuntimeBackendError(LlavaEdgeError):
+    """Raised when llama.cpp fails to load a model or to run a request."""
+
+    code = "inferenceError"

@@ -1,0 +1,33 @@
+"""The only module that imports ``llama_cpp``: model loading, libmtmd image evaluation, generation."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import llama_cpp
+
+from .errors import RuntimeBackendError
+
+_QUANT_FTYPES = {
+    "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "Q4_K_S": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
+    "Q5_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+}
+
+
+def quantize_gguf(source: Path, target: Path, quant: str = "Q4_K_M", *, threads: int = 0) -> None:
+    """Quantize a GGUF text model with llama.cpp's own quantizer (the real K-quant tensor mix).
+
+    Raises:
+        RuntimeBackendError: llama.cpp reported a failure.
+    """
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _QUANT_FTYPES[quant]
+    params.nthread = threads
+    status = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(target).encode(), ctypes.byref(params)
+    )
+    if status != 0:
+        raise RuntimeBackendError(f"llama.cpp could not quantize {source} to {quant} (status {status}).")

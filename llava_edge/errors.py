@@ -35,13 +35,23 @@ class LlavaEdgeError(Exception):
     code = "internalServerError"
     parameter: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None, parameter: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        parameter: str | None = None,
+        task_type: str | None = None,
+        task_uuid: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if parameter is not None:
             self.parameter = parameter
+        self.task_type = task_type
+        self.task_uuid = task_uuid
 
     def __str__(self) -> str:
         return self.message
@@ -49,16 +59,24 @@ class LlavaEdgeError(Exception):
     def to_runware(self, *, task_type: str | None = None, task_uuid: str | None = None) -> dict[str, Any]:
         """The Runware error item: ``{code, message, parameter, taskType, taskUUID}``.
 
-        ``parameter``, ``taskType`` and ``taskUUID`` are left out when unknown.
+        ``taskType`` and ``taskUUID`` default to the ones the error was raised with; fields that are
+        unknown are left out.
         """
         item: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.parameter is not None:
             item["parameter"] = self.parameter
+        task_type = task_type if task_type is not None else self.task_type
+        task_uuid = task_uuid if task_uuid is not None else self.task_uuid
         if task_type is not None:
             item["taskType"] = task_type
         if task_uuid is not None:
             item["taskUUID"] = task_uuid
         return item
+
+    @property
+    def error_item(self) -> dict[str, Any]:
+        """The Runware error item for the task this error was raised for."""
+        return self.to_runware()
 
 
 class InvalidRequestError(LlavaEdgeError, ValueError):

@@ -1,14 +1,33 @@
-"""The only module that imports ``llama_cpp``: model loading, libmtmd image evaluation, generation."""
+"""The only module that imports ``llama_cpp``: model loading, libmtmd image evaluation, generation.
+
+``LlavaRuntime`` owns one llama.cpp model + context and one libmtmd (CLIP) context. It renders the
+package's pinned prompt template (never the GGUF's embedded template), lets libmtmd tile the image
+(LLaVA-1.6 anyres: 576 tokens per 336 px view, up to 2,880), checks the context budget before any
+compute, evaluates the image and text, and samples the answer with llama.cpp's sampler chain.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
+import llama_cpp.mtmd_cpp as mtmd
+from PIL import Image
 
-from .errors import RuntimeBackendError
+from .errors import ContextOverflowError, RuntimeBackendError
+from .registry import ModelFiles
 
+DEVICES = ("auto", "cpu", "metal", "cuda")
+_log = logging.getLogger("llava_edge.llama_cpp")
+_LOG_LEVELS = {2: logging.INFO, 3: logging.WARNING}
 _QUANT_FTYPES = {
     "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
     "Q4_K_S": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
@@ -17,17 +36,475 @@ _QUANT_FTYPES = {
 }
 
 
+@llama_cpp.llama_log_callback
+def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    _log.log(_LOG_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    """Route llama.cpp and libmtmd logs to ``logging`` and initialise the backend, once."""
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_log_set(_forward_log, ctypes.c_void_p(0))
+        mtmd.mtmd_log_set(_forward_log, ctypes.c_void_p(0))
+        mtmd.mtmd_helper_log_set(_forward_log, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model is loaded. Defaults are the measured best for CPU captioning (see README)."""
+
+    device: str = "auto"
+    """auto | cpu | metal | cuda. ``auto`` offloads everything when the build supports a GPU."""
+    n_ctx: int = 4096
+    """Context length. One full anyres image is 2,880 tokens, so 4096 holds it plus prompt and answer."""
+    n_batch: int = 512
+    n_ubatch: int = 512
+    threads: int | None = None
+    """Decode threads; default: every core."""
+    threads_batch: int | None = None
+    """Prefill and CLIP threads; default: every core."""
+    flash_attn: bool = False
+    repack: bool = False
+    """llama.cpp's extra CPU buffer types (weight repacking, AMX). Off by default: prefill-dominated
+    captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
+    models on AMX CPUs with the default build (llama.cpp #20824)."""
+    use_mmap: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How an answer is sampled."""
+
+    max_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None
+    """Sampling seed; ``None`` draws a fresh one per call."""
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """A piece of the evaluated prompt: text tokens, or an image's token count."""
+
+    kind: str
+    """"text" or "image"."""
+    n_tokens: int
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per stage of one caption, and token counts."""
+
+    image_encode_s: float = 0.0
+    image_prefill_s: float = 0.0
+    text_prefill_s: float = 0.0
+    first_token_s: float = 0.0
+    """From the start of the call to the first sampled token."""
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    image_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        prefill = self.image_prefill_s + self.text_prefill_s
+        return self.prompt_tokens / prefill if prefill > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer: the text, why it stopped ("stop" or "length"), and its timings."""
+
+    text: str
+    finish_reason: str
+    timings: Timings = field(default_factory=Timings)
+
+
+class LlavaRuntime:
+    """One loaded LLaVA model pair. Thread-safe: calls are serialised by a lock."""
+
+    def __init__(self, files: ModelFiles, options: RuntimeOptions | None = None):
+        _init_backend()
+        self.files = files
+        self.options = options or RuntimeOptions()
+        self._lock = threading.Lock()
+        gpu_layers, clip_on_gpu = _offload_plan(self.options.device)
+        _check_repack_safe(self.options.repack)
+        started = time.perf_counter()
+        self._model = _load_model(files.model_path, self.options, gpu_layers)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._ctx = self._new_context()
+        self._mtmd = self._new_mtmd(clip_on_gpu)
+        self.load_s = time.perf_counter() - started
+        self._marker = mtmd.mtmd_default_marker().decode()
+
+    @property
+    def n_ctx(self) -> int:
+        return int(llama_cpp.llama_n_ctx(self._ctx))
+
+    def close(self) -> None:
+        """Free the llama.cpp and libmtmd contexts; the runtime is unusable afterwards."""
+        with self._lock:
+            if self._mtmd is not None:
+                mtmd.mtmd_free(self._mtmd)
+                self._mtmd = None
+            if self._ctx is not None:
+                llama_cpp.llama_free(self._ctx)
+                self._ctx = None
+            if self._model is not None:
+                llama_cpp.llama_model_free(self._model)
+                self._model = None
+
+    def __enter__(self) -> LlavaRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Tokenize text with the model's own tokenizer (special tokens are not parsed)."""
+        data = text.encode("utf-8")
+        buffer = (llama_cpp.llama_token * (len(data) + 8))()
+        count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, len(buffer), add_special, False)
+        if count < 0:
+            raise RuntimeBackendError(f"The tokenizer needed {-count} slots for {len(data)} bytes.")
+        return list(buffer[:count])
+
+    def detokenize(self, tokens: list[int] | tuple[int, ...]) -> str:
+        """The text of a token sequence."""
+        return b"".join(self._piece(token) for token in tokens).decode("utf-8", "replace")
+
+    def prompt_text(self, prompt: str) -> str:
+        """The full prompt as fed to libmtmd: the pinned template with the media marker for the image."""
+        safe_prompt = prompt.replace(self._marker, "")
+        return self.files.template.replace("{image}", self._marker).replace("{prompt}", safe_prompt)
+
+    def layout(self, image: Image.Image, prompt: str) -> list[PromptChunk]:
+        """Tokenize without evaluating: the text tokens and image token counts the model would see."""
+        with self._lock, _Tokenized(self, image, prompt) as tokenized:
+            return tokenized.layout()
+
+    def generate(self, image: Image.Image, prompt: str, options: GenerationOptions | None = None) -> Generation:
+        """Caption ``image`` (RGB) following ``prompt``.
+
+        Raises:
+            ContextOverflowError: image + prompt + max_tokens exceed n_ctx (raised before any compute).
+            RuntimeBackendError: llama.cpp failed to encode, decode or sample.
+        """
+        options = options or GenerationOptions()
+        with self._lock:
+            started = time.perf_counter()
+            with _Tokenized(self, image, prompt) as tokenized:
+                layout = tokenized.layout()
+                self._check_budget(layout, options.max_tokens)
+                stages = self._evaluate(tokenized)
+            return _Decoder(self, options, started, stages, layout).run()
+
+    def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
+        image_tokens = sum(chunk.n_tokens for chunk in layout if chunk.kind == "image")
+        prompt_tokens = sum(chunk.n_tokens for chunk in layout)
+        if prompt_tokens + max_tokens > self.n_ctx:
+            raise ContextOverflowError(
+                f"The image ({image_tokens} tokens) plus prompt ({prompt_tokens - image_tokens} tokens) plus "
+                f"max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
+                "Lower max_tokens, use detail=\"low\", or load the model with a larger n_ctx."
+            )
+
+    def _evaluate(self, tokenized: _Tokenized) -> dict[str, float]:
+        """Clear the context and evaluate every chunk; returns seconds per stage."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        stages = {"image_encode_s": 0.0, "image_prefill_s": 0.0, "text_prefill_s": 0.0}
+        n_past = 0
+        count = mtmd.mtmd_input_chunks_size(tokenized.chunks)
+        for index in range(count):
+            chunk = mtmd.mtmd_input_chunks_get(tokenized.chunks, index)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                n_past = self._eval_image(chunk, n_past, stages)
+            else:
+                began = time.perf_counter()
+                n_past = self._eval_text(chunk, n_past, last=index == count - 1)
+                stages["text_prefill_s"] += time.perf_counter() - began
+        return stages
+
+    def _eval_image(self, chunk: Any, n_past: int, stages: dict[str, float]) -> int:
+        began = time.perf_counter()
+        if mtmd.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+            raise RuntimeBackendError("libmtmd failed to encode the image.")
+        embeddings = mtmd.mtmd_get_output_embd(self._mtmd)
+        encoded = time.perf_counter()
+        new_n_past = llama_cpp.llama_pos(0)
+        status = mtmd.mtmd_helper_decode_image_chunk(
+            self._mtmd, self._ctx, chunk, embeddings, n_past, 0, self.options.n_batch,
+            ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None,
+        )
+        if status != 0:
+            raise RuntimeBackendError(f"llama.cpp failed to evaluate the image tokens (status {status}).")
+        stages["image_encode_s"] += encoded - began
+        stages["image_prefill_s"] += time.perf_counter() - encoded
+        return int(new_n_past.value)
+
+    def _eval_text(self, chunk: Any, n_past: int, *, last: bool) -> int:
+        new_n_past = llama_cpp.llama_pos(0)
+        status = mtmd.mtmd_helper_eval_chunk_single(
+            self._mtmd, self._ctx, chunk, n_past, 0, self.options.n_batch, last, ctypes.byref(new_n_past)
+        )
+        if status != 0:
+            raise RuntimeBackendError(f"llama.cpp failed to evaluate the prompt text (status {status}).")
+        return int(new_n_past.value)
+
+    def _piece(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:size]
+
+    def _new_context(self) -> Any:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.options.n_ctx
+        params.n_batch = self.options.n_batch
+        params.n_ubatch = self.options.n_ubatch
+        params.n_threads = self.options.threads or os.cpu_count() or 1
+        params.n_threads_batch = self.options.threads_batch or os.cpu_count() or 1
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.options.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        context = llama_cpp.llama_init_from_model(self._model, params)
+        if not context:
+            llama_cpp.llama_model_free(self._model)
+            raise RuntimeBackendError(
+                f"llama.cpp could not create a context of {self.options.n_ctx} tokens. Free memory or lower n_ctx."
+            )
+        return context
+
+    def _new_mtmd(self, on_gpu: bool) -> Any:
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = on_gpu
+        params.print_timings = False
+        params.n_threads = self.options.threads_batch or os.cpu_count() or 1
+        params.warmup = False
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.options.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        context = mtmd.mtmd_init_from_file(str(self.files.mmproj_path).encode(), self._model, params)
+        if not context or not mtmd.mtmd_support_vision(context):
+            llama_cpp.llama_free(self._ctx)
+            llama_cpp.llama_model_free(self._model)
+            raise RuntimeBackendError(
+                f"libmtmd could not load the vision projector {self.files.mmproj_path}. Check that it is the "
+                "mmproj that belongs to this model."
+            )
+        return context
+
+
+class _Tokenized:
+    """libmtmd chunks for one (image, prompt) pair; frees the bitmap and chunks on exit."""
+
+    def __init__(self, runtime: LlavaRuntime, image: Image.Image, prompt: str):
+        self.runtime = runtime
+        self.bitmap = _bitmap(image)
+        self.chunks = mtmd.mtmd_input_chunks_init()
+        text = runtime.prompt_text(prompt).encode("utf-8")
+        tokens = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=False)
+        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(self.bitmap)
+        status = mtmd.mtmd_tokenize(runtime._mtmd, self.chunks, ctypes.byref(tokens), bitmaps, 1)
+        if status != 0:
+            self.__exit__()
+            raise RuntimeBackendError(f"libmtmd could not tokenize the prompt and image (status {status}).")
+
+    def __enter__(self) -> _Tokenized:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.chunks is not None:
+            mtmd.mtmd_input_chunks_free(self.chunks)
+            self.chunks = None
+        if self.bitmap is not None:
+            mtmd.mtmd_bitmap_free(self.bitmap)
+            self.bitmap = None
+
+    def layout(self) -> list[PromptChunk]:
+        chunks = []
+        for index in range(mtmd.mtmd_input_chunks_size(self.chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(self.chunks, index)
+            n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                chunks.append(PromptChunk("text", n_tokens, tuple(pointer[i] for i in range(count.value))))
+            else:
+                chunks.append(PromptChunk("image", n_tokens))
+        return chunks
+
+
+class _Decoder:
+    """Samples tokens after the prompt until EOS, a stop string, or max_tokens."""
+
+    def __init__(
+        self, runtime: LlavaRuntime, options: GenerationOptions, started: float,
+        stages: dict[str, float], layout: list[PromptChunk],
+    ):
+        self.runtime, self.options, self.started, self.stages, self.layout = runtime, options, started, stages, layout
+        self.sampler = _sampler_chain(options)
+
+    def run(self) -> Generation:
+        try:
+            pieces, reason, first_token_at = self._loop()
+        finally:
+            llama_cpp.llama_sampler_free(self.sampler)
+        finished = time.perf_counter()
+        text = _cut_at_stop(b"".join(pieces).decode("utf-8", "replace"), self.options.stop).strip()
+        first = first_token_at or finished
+        timings = Timings(
+            **self.stages,
+            first_token_s=first - self.started,
+            decode_s=finished - first,
+            total_s=finished - self.started,
+            image_tokens=sum(chunk.n_tokens for chunk in self.layout if chunk.kind == "image"),
+            prompt_tokens=sum(chunk.n_tokens for chunk in self.layout),
+            generated_tokens=len(pieces),
+        )
+        return Generation(text=text, finish_reason=reason, timings=timings)
+
+    def _loop(self) -> tuple[list[bytes], str, float | None]:
+        runtime, pieces, first_token_at = self.runtime, [], None
+        for _ in range(self.options.max_tokens):
+            token = llama_cpp.llama_sampler_sample(self.sampler, runtime._ctx, -1)
+            first_token_at = first_token_at or time.perf_counter()
+            if llama_cpp.llama_vocab_is_eog(runtime._vocab, token):
+                return pieces, "stop", first_token_at
+            pieces.append(runtime._piece(token))
+            if self.options.stop and _cut_at_stop(b"".join(pieces).decode("utf-8", "ignore"), self.options.stop) != (
+                b"".join(pieces).decode("utf-8", "ignore")
+            ):
+                return pieces, "stop", first_token_at
+            batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)
+            if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
+                raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
+        return pieces, "length", first_token_at
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    positions = [text.find(word) for word in stop if word and word in text]
+    return text[: min(positions)] if positions else text
+
+
+def _sampler_chain(options: GenerationOptions) -> Any:
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if options.temperature <= 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(options.top_k))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(options.top_p, 1))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(options.temperature))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+    return chain
+
+
+def _bitmap(image: Image.Image) -> Any:
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    data = rgb.tobytes()
+    bitmap = mtmd.mtmd_bitmap_init(rgb.width, rgb.height, (ctypes.c_uint8 * len(data)).from_buffer_copy(data))
+    if not bitmap:
+        raise RuntimeBackendError(f"libmtmd could not take a {rgb.width}x{rgb.height} image.")
+    mtmd.mtmd_bitmap_set_id(bitmap, hashlib.sha256(data).hexdigest()[:32].encode())
+    return bitmap
+
+
+def _load_model(path: Path, options: RuntimeOptions, gpu_layers: int) -> Any:
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = gpu_layers
+    params.use_extra_bufts = options.repack
+    if not options.use_mmap:
+        params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeBackendError(f"llama.cpp could not load the model {path}. Check the file and free memory.")
+    return model
+
+
+def _offload_plan(device: str) -> tuple[int, bool]:
+    """(n_gpu_layers, CLIP on GPU) for a device choice."""
+    if device not in DEVICES:
+        raise RuntimeBackendError(f"device must be one of {', '.join(DEVICES)}, got {device!r}.")
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    if device == "cpu" or (device == "auto" and not offload):
+        return 0, False
+    if device != "auto" and device not in gpu_backends():
+        raise RuntimeBackendError(
+            f"This llama-cpp-python build has no {device} support. Reinstall it with "
+            f"CMAKE_ARGS=\"-DGGML_{device.upper()}=on\" pip install --force-reinstall --no-cache-dir llama-cpp-python, "
+            "or use device=\"cpu\"."
+        )
+    return 999, True
+
+
+def _check_repack_safe(repack: bool) -> None:
+    if repack and cpu_has_amx() and "AMX_INT8 = 1" in system_info():
+        raise RuntimeBackendError(
+            "repack=True uses ggml's AMX kernels, which crash on K-quant models on this CPU (llama.cpp #20824). "
+            "Keep repack off, or rebuild llama-cpp-python with "
+            "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+            "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\"."
+        )
+
+
+def system_info() -> str:
+    """llama.cpp's system info line (compiled CPU features and backends)."""
+    return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", "replace")
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU advertises Intel AMX (Linux only; elsewhere False)."""
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def gpu_backends() -> list[str]:
+    """GPU backends compiled into llama.cpp: any of "cuda", "metal" (empty for a CPU-only build)."""
+    info = system_info().upper()
+    return [name for name in ("cuda", "metal") if name.upper() in info] if llama_cpp.llama_supports_gpu_offload() else []
+
+
+def backend_info() -> dict[str, Any]:
+    """What the installed llama-cpp-python can do: version, GPU offload, compiled features."""
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "gpu_backends": gpu_backends(),
+        "system_info": system_info().strip(),
+        "cpu_has_amx": cpu_has_amx(),
+    }
+
+
 def quantize_gguf(source: Path, target: Path, quant: str = "Q4_K_M", *, threads: int = 0) -> None:
     """Quantize a GGUF text model with llama.cpp's own quantizer (the real K-quant tensor mix).
 
     Raises:
         RuntimeBackendError: llama.cpp reported a failure.
     """
+    _init_backend()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _QUANT_FTYPES[quant]
     params.nthread = threads
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), ctypes.byref(params)
-    )
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeBackendError(f"llama.cpp could not quantize {source} to {quant} (status {status}).")

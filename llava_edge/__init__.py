@@ -1,0 +1,25 @@
+"""llava-edge: offline image captioning with LLaVA-1.6-Mistral-7B GGUF, speaking the Runware caption API."""
+
+from . import errors
+from .api import CaptionResult, Captioner, caption, run_task
+from .download import download_model
+from .registry import ModelFiles, ModelSpec, available_models
+from .runtime import GenerationOptions, RuntimeOptions, Timings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptionResult",
+    "Captioner",
+    "GenerationOptions",
+    "ModelFiles",
+    "ModelSpec",
+    "RuntimeOptions",
+    "Timings",
+    "__version__",
+    "available_models",
+    "caption",
+    "download_model",
+    "errors",
+    "run_task",
+]

@@ -1,0 +1,5 @@
+"""``python -m llava_edge`` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""The public API: ``Captioner`` (load once, caption many), ``caption()`` and ``run_task()``.
+
+Composes models -> images -> runtime. The CLI, the server, batch jobs and benchmarks all use
+``Captioner``; the module-level functions keep one cached ``Captioner`` per model choice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from PIL import Image
+
+from .cost import CostModel
+from .errors import LlavaEdgeError
+from .image_store import ImageStore
+from .images import ImageInput, ImageLimits, load_image
+from .models import model_files
+from .registry import ModelFiles, load_registry
+from .runtime import GenerationOptions, LlavaRuntime, PromptChunk, RuntimeOptions, Timings
+from .schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
+
+LOW_DETAIL_SIDE = 336
+"""``detail="low"``: the image is scaled to fit 336x336, one CLIP view, 576 image tokens."""
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """A caption with everything measured about it."""
+
+    text: str
+    finish_reason: str
+    timings: Timings
+    model: str
+
+
+class Captioner:
+    """A loaded model pair that captions many images.
+
+    Args:
+        model: a variant id (``"Q4_K_M"``), alias, Runware AIR id (``"runware:150@2"``) or
+            ``"synthetic-tiny"``; ``None`` is the registry's default.
+        model_path, mmproj_path: explicit local GGUF files instead of ``model``.
+        runtime: how to load (device, n_ctx, threads, ...).
+        generation: default sampling options for every call.
+        offline: only use the local cache (default: ``HF_HUB_OFFLINE``).
+        image_limits, image_store, cost_model: input limits, where image UUIDs are looked up, pricing.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        mmproj_path: str | os.PathLike[str] | None = None,
+        runtime: RuntimeOptions | None = None,
+        generation: GenerationOptions | None = None,
+        registry: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+        image_limits: ImageLimits | None = None,
+        image_store: ImageStore | None = None,
+        cost_model: CostModel | None = None,
+    ):
+        self.files: ModelFiles = model_files(
+            model, model_path=model_path, mmproj_path=mmproj_path, registry=registry,
+            cache_dir=cache_dir, offline=offline,
+        )
+        self.registry = registry
+        self.generation = generation or GenerationOptions()
+        self.image_limits = image_limits or ImageLimits()
+        self.image_store = image_store or ImageStore()
+        self.cost_model = cost_model or CostModel.from_env()
+        self.runtime = LlavaRuntime(self.files, runtime)
+
+    @property
+    def model_name(self) -> str:
+        return self.files.name
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> Captioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(
+        self,
+        image: ImageInput,
+        prompt: str | None = None,
+        *,
+        detail: str = "auto",
+        options: GenerationOptions | None = None,
+        limits: ImageLimits | None = None,
+    ) -> CaptionResult:
+        """Caption one image and return the text with its timings (the Python-native result)."""
+        picture = prepare_image(load_image(image, limits=limits or self.image_limits, store=self.image_store), detail)
+        generation = self.runtime.generate(picture, prompt or DEFAULT_PROMPT, options or self.generation)
+        return CaptionResult(generation.text, generation.finish_reason, generation.timings, self.model_name)
+
+    def caption(
+        self,
+        image: ImageInput,
+        prompt: str | None = None,
+        *,
+        task_uuid: str | None = None,
+        include_cost: bool = False,
+        detail: str = "auto",
+        options: GenerationOptions | None = None,
+    ) -> dict[str, Any]:
+        """Caption one image and answer with the Runware response item
+        ``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``."""
+        result = self.describe(image, prompt, detail=detail, options=options)
+        return self._response(task_uuid or str(uuid.uuid4()), result, include_cost)
+
+    def run_task(self, request: dict[str, Any], *, allow_local_files: bool = False) -> dict[str, Any]:
+        """Answer one Runware caption task (``caption`` or legacy ``imageCaption``) with its response item.
+
+        The loaded model answers; ``model`` must still name a known variant (or this model's name).
+
+        Raises:
+            LlavaEdgeError: carrying the Runware error item, with the task's taskType and taskUUID.
+        """
+        task = parse_caption_request(request)
+        try:
+            self._check_model_name(task.model)
+            limits = replace(self.image_limits, allow_paths=allow_local_files)
+            result = self.describe(task.image, task.prompt, detail=task.detail, options=self._options_for(task),
+                                   limits=limits)
+        except LlavaEdgeError as err:
+            err.task_type = err.task_type or task.task_type
+            err.task_uuid = err.task_uuid or task.task_uuid
+            raise
+        return self._response(task.task_uuid, result, task.include_cost)
+
+    def layout(self, image: ImageInput, prompt: str | None = None, *, detail: str = "auto") -> list[PromptChunk]:
+        """The prompt chunks the model would evaluate for this image and prompt (no compute)."""
+        picture = prepare_image(load_image(image, limits=self.image_limits, store=self.image_store), detail)
+        return self.runtime.layout(picture, prompt or DEFAULT_PROMPT)
+
+    def _options_for(self, task: CaptionRequest) -> GenerationOptions:
+        changes = {
+            name: value
+            for name, value in (
+                ("max_tokens", task.max_tokens), ("temperature", task.temperature),
+                ("top_p", task.top_p), ("seed", task.seed),
+            )
+            if value is not None
+        }
+        return replace(self.generation, **changes)
+
+    def _check_model_name(self, name: str) -> None:
+        if name.strip().lower() != self.model_name.lower():
+            load_registry(self.registry).resolve(name)
+
+    def _response(self, task_uuid: str, result: CaptionResult, include_cost: bool) -> dict[str, Any]:
+        cost = self.cost_model.cost(result.timings.generated_tokens, result.timings.total_s) if include_cost else None
+        return caption_response(task_uuid, result.text, cost)
+
+
+def prepare_image(image: Image.Image, detail: str) -> Image.Image:
+    """Apply ``detail``: "low" fits the image in one 336x336 CLIP view; "high" and "auto" keep it whole
+    (libmtmd then uses the full LLaVA-1.6 anyres grid, up to 2,880 tokens)."""
+    if detail not in ("auto", "low", "high"):
+        raise ValueError(f"detail must be auto, low or high, got {detail!r}")
+    if detail == "low" and max(image.size) > LOW_DETAIL_SIDE:
+        scaled = image.copy()
+        scaled.thumbnail((LOW_DETAIL_SIDE, LOW_DETAIL_SIDE), Image.Resampling.BICUBIC)
+        return scaled
+    return image
+
+
+class _CaptionerCache:
+    """Keeps the last Captioner used by the module-level functions; reloads only when the model changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str | None, RuntimeOptions | None] | None = None
+        self._captioner: Captioner | None = None
+
+    def get(self, model: str | None, runtime: RuntimeOptions | None) -> Captioner:
+        with self._lock:
+            if self._captioner is None or self._key != (model, runtime):
+                if self._captioner is not None:
+                    self._captioner.close()
+                    self._captioner = None
+                self._captioner = Captioner(model, runtime=runtime)
+                self._key = (model, runtime)
+            return self._captioner
+
+
+_cache = _CaptionerCache()
+
+
+def caption(
+    image: ImageInput,
+    prompt: str | None = None,
+    *,
+    model: str | None = None,
+    task_uuid: str | None = None,
+    include_cost: bool = False,
+    detail: str = "auto",
+    options: GenerationOptions | None = None,
+    runtime: RuntimeOptions | None = None,
+) -> dict[str, Any]:
+    """Caption an image with a cached model and return the Runware response item.
+
+    ``image`` may be a path, bytes, a PIL image, an http(s) URL, a data URI, bare base64 or the UUID of
+    a stored image. The model loads on the first call and stays loaded for the next ones.
+    """
+    return _cache.get(model, runtime).caption(
+        image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail, options=options
+    )
+
+
+def run_task(request: dict[str, Any], *, runtime: RuntimeOptions | None = None) -> dict[str, Any]:
+    """Answer a Runware caption request (either shape) in process, with the model it names."""
+    task = parse_caption_request(request)
+    return _cache.get(task.model, runtime).run_task(request)

@@ -1,0 +1,133 @@
+"""The ``llava-edge`` command: a thin layer over the API. Parse, call, print (text or ``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import LlavaEdgeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(function: F) -> F:
+    """Show a LlavaEdgeError as a one-line message and exit 1, instead of a traceback."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except LlavaEdgeError as err:
+            raise click.ClickException(f"{err} [{err.code}]") from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+def runtime_options(function: F) -> F:
+    """Options that choose and load the model, shared by every command that runs one."""
+    decorators = [
+        click.option("--model", "-m", default=None, help="Variant id, alias, runware:150@2, or synthetic-tiny."),
+        click.option("--model-path", type=click.Path(exists=True, dir_okay=False), help="A local text-model GGUF."),
+        click.option("--mmproj-path", type=click.Path(exists=True, dir_okay=False), help="Its local mmproj GGUF."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "metal", "cuda"]), default="auto", show_default=True),
+        click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores)."),
+        click.option("--n-ctx", type=click.IntRange(512), default=4096, show_default=True),
+        click.option("--offline", is_flag=True, default=None, help="Use only the local model cache."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def load_captioner(options: dict[str, Any]) -> Any:
+    """A Captioner built from the shared runtime options of a command."""
+    from .api import Captioner
+    from .runtime import RuntimeOptions
+
+    runtime = RuntimeOptions(
+        device=options["device"], n_ctx=options["n_ctx"], threads=options["threads"], threads_batch=options["threads"]
+    )
+    return Captioner(
+        options["model"], model_path=options["model_path"], mmproj_path=options["mmproj_path"], runtime=runtime,
+        offline=options["offline"],
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="llava-edge")
+def main() -> None:
+    """Caption images offline with LLaVA-1.6-Mistral-7B, speaking the Runware caption API."""
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--prompt", "-p", default=None, help="Instruction for the model (default: a detailed description).")
+@click.option("--detail", type=click.Choice(["auto", "low", "high"]), default="auto", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=None)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None)
+@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image, with timings.")
+@runtime_options
+@_user_errors
+def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens: int | None,
+            temperature: float | None, seed: int | None, as_json: bool, **options: Any) -> None:
+    """Caption IMAGES (paths, URLs, data URIs)."""
+    from dataclasses import replace
+
+    captioner = load_captioner(options)
+    changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v is not None}
+    generation = replace(captioner.generation, **changes)
+    failures = 0
+    for image in images:
+        try:
+            result = captioner.describe(image, prompt, detail=detail, options=generation)
+        except LlavaEdgeError as err:
+            failures += 1
+            _emit_error(image, err, as_json)
+            continue
+        if as_json:
+            click.echo(json.dumps({"image": image, "text": result.text, "model": result.model,
+                                   "finishReason": result.finish_reason, "timings": asdict(result.timings)}))
+        else:
+            click.echo(result.text if len(images) == 1 else f"{image}: {result.text}")
+    captioner.close()
+    if failures:
+        sys.exit(1)
+
+
+def _emit_error(image: str, err: LlavaEdgeError, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"image": image, "error": err.to_runware()}))
+    else:
+        click.echo(f"{image}: error: {err} [{err.code}]", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def info(as_json: bool) -> None:
+    """What this machine and the installed llama-cpp-python can do."""
+    from . import machine
+    from .runtime import backend_info
+
+    facts = {
+        "llava_edge": __version__,
+        **backend_info(),
+        "cpu": machine.cpu_model(),
+        "cpu_features": machine.cpu_flags(),
+        "threads": machine.cpu_count(),
+        "ram_total_gib": round(machine.total_memory() / 2**30, 1),
+        "ram_available_gib": round(machine.available_memory() / 2**30, 1),
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        click.echo(f"{key:>18}: {shown}")

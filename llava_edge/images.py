@@ -1,0 +1,221 @@
+"""Image inputs: every form a caption request may carry, decoded to an RGB Pillow image within limits.
+
+Accepted forms: a Pillow image, bytes, a file path (Python API only), an http(s) URL, a ``data:`` URI,
+bare base64, or the UUID of an image kept in the ``ImageStore``. EXIF orientation is applied, the
+first frame of an animation is used, and every mode (RGBA, P, L, CMYK, 16-bit, float) becomes RGB.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImageError
+from .remote import TransferError, TransferLimits, fetch_bytes
+from .schema import is_uuid4
+
+if TYPE_CHECKING:
+    from .image_store import ImageStore
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+_DATA_URI = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
+
+ImageInput = Any
+"""``str | bytes | os.PathLike | PIL.Image.Image``."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied to every image before it is decoded."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    """Width x height; larger images are refused before decoding (decompression bombs)."""
+    transfer: TransferLimits = field(default_factory=TransferLimits)
+    allow_paths: bool = True
+    """Read local file paths. The server turns this off: a request never names files."""
+
+
+def load_image(
+    source: ImageInput, *, limits: ImageLimits | None = None, store: ImageStore | None = None
+) -> Image.Image:
+    """Decode any accepted input into an RGB image.
+
+    Raises:
+        InvalidImageError: the input is of no accepted form, cannot be fetched or decoded, or breaks a limit.
+    """
+    limits = limits or ImageLimits()
+    if isinstance(source, Image.Image):
+        _check_pixels(source, limits)
+        return to_rgb(source)
+    return decode_image_bytes(read_image_bytes(source, limits=limits, store=store), limits)
+
+
+def read_image_bytes(source: ImageInput, *, limits: ImageLimits, store: ImageStore | None = None) -> bytes:
+    """The encoded bytes behind an image reference, before decoding."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _capped(bytes(source), limits)
+    if isinstance(source, os.PathLike):
+        return _read_path(Path(source), limits)
+    if not isinstance(source, str):
+        raise InvalidImageError(f"An image must be a path, bytes, a PIL image or a string, not {type(source).__name__}.")
+    text = source.strip()
+    if text.lower().startswith(("http://", "https://")):
+        return _fetch(text, limits)
+    if text[:5].lower() == "data:":
+        return _capped(_decode_data_uri(text), limits)
+    if is_uuid4(text):
+        return _from_store(text, store, limits)
+    if limits.allow_paths and _looks_like_path(text):
+        return _read_path(Path(text), limits)
+    return _capped(_decode_base64(text), limits)
+
+
+def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, WEBP, GIF, BMP) into RGB, within the pixel limit."""
+    if not data:
+        raise InvalidImageError("The image is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_format(image)
+            _check_pixels(image, limits)
+            image.seek(0)
+            image.load()
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InvalidImageError(f"The image is too large to decode safely: {err}") from err
+    except UnidentifiedImageError as err:
+        raise InvalidImageError(
+            f"The data is not an image Pillow can read (starts with {data[:16]!r}). Send PNG, JPEG or WEBP.",
+            code="unsupportedImageFormat",
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InvalidImageError(f"The image is corrupt or truncated: {err}.") from err
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright, first-frame, 8-bit RGB: EXIF orientation applied, alpha composited on white."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_depth_to_l(image)
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("RGB", "L") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float images to 8 bits by their own range (no clipping)."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def _check_format(image: Image.Image) -> None:
+    if image.format not in ALLOWED_FORMATS:
+        raise InvalidImageError(
+            f"Image format {image.format} is not supported; send {', '.join(sorted(ALLOWED_FORMATS))}.",
+            code="unsupportedImageFormat",
+        )
+
+
+def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"The image has no pixels ({width}x{height}).")
+    if width * height > limits.max_pixels:
+        raise InvalidImageError(
+            f"The image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}. "
+            "Downscale it first."
+        )
+
+
+def _capped(data: bytes, limits: ImageLimits) -> bytes:
+    if len(data) > limits.max_bytes:
+        raise InvalidImageError(f"The image is {len(data)} bytes; the limit is {limits.max_bytes}.")
+    return data
+
+
+def _looks_like_path(text: str) -> bool:
+    return len(text) < 4096 and "\n" not in text and (os.sep in text or "." in text[-6:] or os.path.exists(text))
+
+
+def _read_path(path: Path, limits: ImageLimits) -> bytes:
+    if not limits.allow_paths:
+        raise InvalidImageError("Local file paths are not accepted here; send a data URI, base64, URL or UUID.")
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise InvalidImageError(f"{path} is {size} bytes; the limit is {limits.max_bytes}.")
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise InvalidImageError(f"No image file at {path}.") from err
+    except OSError as err:
+        raise InvalidImageError(f"Cannot read {path}: {err.strerror}.") from err
+
+
+def _fetch(url: str, limits: ImageLimits) -> bytes:
+    try:
+        body, content_type = fetch_bytes(url, limits.transfer)
+    except TransferError as err:
+        raise InvalidImageError(f"Could not fetch the image at {url[:200]}: {err}.") from err
+    if content_type.startswith("text/"):
+        raise InvalidImageError(
+            f"The URL {url[:200]} served {content_type}, not an image.", code="unsupportedImageFormat"
+        )
+    return body
+
+
+def _decode_data_uri(text: str) -> bytes:
+    match = _DATA_URI.match(text)
+    if match is None or not match.group("b64"):
+        raise InvalidImageError("A data URI must look like data:image/png;base64,<data>.")
+    media = (match.group("media") or "").lower()
+    if not media.startswith("image/"):
+        raise InvalidImageError(
+            f"The data URI's media type is {media or 'missing'}; it must be image/png, image/jpeg or image/webp.",
+            code="unsupportedImageFormat",
+        )
+    return _decode_base64(text[match.end():])
+
+
+def _decode_base64(text: str) -> bytes:
+    if not _BASE64_CHARS.match(text):
+        raise InvalidImageError(
+            "The image is not a URL, data URI, UUID or base64 string "
+            f"(starts with {text[:40]!r}). Send one of those."
+        )
+    compact = re.sub(r"\s+", "", text)
+    try:
+        if "-" in compact or "_" in compact:
+            return base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InvalidImageError(f"The image is not valid base64: {err}.") from err
+
+
+def _from_store(image_uuid: str, store: ImageStore | None, limits: ImageLimits) -> bytes:
+    if store is None:
+        raise InvalidImageError(f"Image {image_uuid} cannot be looked up: no image store is configured.")
+    return _capped(store.read(image_uuid), limits)

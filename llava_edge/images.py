@@ -77,9 +77,14 @@ def read_image_bytes(source: ImageInput, *, limits: ImageLimits, store: ImageSto
         return _capped(_decode_data_uri(text), limits)
     if is_uuid4(text):
         return _from_store(text, store, limits)
-    if limits.allow_paths and _looks_like_path(text):
+    if limits.allow_paths and len(text) < 4096 and os.path.isfile(text):
         return _read_path(Path(text), limits)
-    return _capped(_decode_base64(text), limits)
+    try:
+        return _capped(_decode_base64(text), limits)
+    except InvalidImageError:
+        if limits.allow_paths and _looks_like_path(text):
+            raise InvalidImageError(f"No image file at {text}.") from None
+        raise
 
 
 def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -158,7 +163,7 @@ def _capped(data: bytes, limits: ImageLimits) -> bytes:
 
 
 def _looks_like_path(text: str) -> bool:
-    return len(text) < 4096 and "\n" not in text and (os.sep in text or "." in text[-6:] or os.path.exists(text))
+    return len(text) < 4096 and "\n" not in text and (os.sep in text or "." in text[-6:])
 
 
 def _read_path(path: Path, limits: ImageLimits) -> bytes:

@@ -52,7 +52,7 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         try:
             check_url(newurl, self.limits)
         except TransferError as err:
-            raise urllib.error.HTTPError(newurl, code, f"redirect refused: {err}", headers, fp) from None
+            raise TransferError(f"redirect refused: {err}") from None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 

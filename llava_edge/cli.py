@@ -131,3 +131,35 @@ def info(as_json: bool) -> None:
     for key, value in facts.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:>18}: {shown}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1). Anything but loopback needs --api-key.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 8765).")
+@click.option("--api-key", envvar="LLAVA_EDGE_API_KEY", default=None,
+              help="Key clients must send (env LLAVA_EDGE_API_KEY). Without one, any key is accepted.")
+@click.option("--max-queue", type=click.IntRange(1), default=None,
+              help="Caption tasks waiting at most (default 32); more are answered serviceUnavailable.")
+@click.option("--result-ttl", type=click.IntRange(1), default=None,
+              help="Seconds results stay available to getResponse when a task sets no ttl (default 3600).")
+@runtime_options
+@_user_errors
+def serve(host: str | None, port: int | None, api_key: str | None, max_queue: int | None, result_ttl: int | None,
+          **options: Any) -> None:
+    """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
+    from .server_settings import ServerSettings
+
+    given = {"host": host, "port": port, "api_key": api_key, "max_queue": max_queue, "result_ttl": result_ttl}
+    settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
+    settings.check()
+    try:
+        from .server import run_server
+    except ImportError as err:
+        raise click.ClickException(str(err)) from err
+    captioner = load_captioner(options)
+    root = f"{settings.host}:{settings.port}/v1"
+    click.echo(f"llava-edge: {captioner.model_name} loaded; serving http://{root} and ws://{root}", err=True)
+    try:
+        run_server(captioner, settings)
+    finally:
+        captioner.close()

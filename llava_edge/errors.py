@@ -9,10 +9,12 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     ├── InvalidRequestError (ValueError)      a request field breaks the Runware schema
     │   ├── InvalidImageError                 an image cannot be read, fetched or is too large
     │   ├── ContextOverflowError              image + prompt + max_tokens exceed n_ctx
-    │   └── ConflictTaskUUIDError             a live task already uses this taskUUID
+    │   ├── ConflictTaskUUIDError             a live task already uses this taskUUID
+    │   └── PayloadTooLargeError              a request body is over the server's size cap
     ├── AuthenticationError                   missing or wrong API key (server)
     ├── TaskNotFoundError (KeyError)          getResponse for an unknown or expired task
     ├── ServerBusyError                       the task queue is full; retry later
+    ├── ServerConfigError (ValueError)        unsafe or impossible server settings
     ├── UnknownModelError (KeyError)          no variant has this id or alias
     ├── RegistryError (ValueError)            models.toml (or a user's registry) is malformed
     ├── ModelFileError (ValueError)           a GGUF file is missing, truncated or of the wrong kind
@@ -106,6 +108,12 @@ class ConflictTaskUUIDError(InvalidRequestError):
     parameter = "taskUUID"
 
 
+class PayloadTooLargeError(InvalidRequestError):
+    """Raised by the server when a request body (or WebSocket frame) is over its size cap."""
+
+    code = "payloadTooLarge"
+
+
 class AuthenticationError(LlavaEdgeError):
     """Raised by the server when the API key is missing or wrong."""
 
@@ -124,6 +132,12 @@ class ServerBusyError(LlavaEdgeError):
     """Raised when the server's task queue is full. Retry after a short wait."""
 
     code = "serviceUnavailable"
+
+
+class ServerConfigError(LlavaEdgeError, ValueError):
+    """Raised before the server starts when its settings are unsafe (a public bind without an API key)."""
+
+    code = "invalidServerConfig"
 
 
 class UnknownModelError(LlavaEdgeError, KeyError):

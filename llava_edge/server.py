@@ -1,0 +1,322 @@
+"""``llava-edge serve``: the Runware API (REST and WebSocket) in front of one loaded model.
+
+``create_app(captioner, settings)`` builds a FastAPI app with no module globals:
+
+* ``POST /v1`` (and ``/``): a JSON array of tasks -> ``{"data": [...]}`` / ``{"errors": [...]}``; the HTTP
+  status is chosen by the TYPE of the error (``status_for``), never by its text.
+* WebSocket ``/v1`` (and ``/``): authentication handshake, ping/pong, task arrays, one frame per answer.
+* ``GET /images/<uuid>.<ext>``: images stored by ``imageUpload``; ``GET /health``: model and queue.
+
+Task semantics live in ``tasks.py``; this module is transport only. Needs the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request, WebSocket
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.datastructures import URL
+    from starlette.websockets import WebSocketDisconnect
+except ImportError as err:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        f"The llava-edge server needs FastAPI, uvicorn and websockets ({err.name} is missing). "
+        'Install them with: pip install "llava-edge[server]"'
+    ) from err
+
+from . import __version__
+from .errors import (
+    AuthenticationError,
+    ConflictTaskUUIDError,
+    InvalidImageError,
+    InvalidRequestError,
+    LlavaEdgeError,
+    ModelNotCachedError,
+    PayloadTooLargeError,
+    RuntimeBackendError,
+    ServerBusyError,
+    TaskNotFoundError,
+    UnknownModelError,
+)
+from .schema import is_uuid4, task_identity
+from .server_openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
+from .server_settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
+from .task_registry import Outcome
+from .tasks import TaskService
+
+if TYPE_CHECKING:
+    from .api import Captioner
+
+_log = logging.getLogger("llava_edge.server")
+_STATUS: dict[type[BaseException], int] = {
+    AuthenticationError: 401,
+    TaskNotFoundError: 404,
+    ConflictTaskUUIDError: 409,
+    PayloadTooLargeError: 413,
+    InvalidRequestError: 400,
+    UnknownModelError: 400,
+    ModelNotCachedError: 503,
+    ServerBusyError: 503,
+    RuntimeBackendError: 500,
+}
+_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
+
+
+def status_for(error: BaseException) -> int:
+    """The HTTP status of an error, by the nearest class in its MRO that has one (default 500)."""
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
+    """The Runware-compatible app for one loaded ``Captioner``. The model worker starts with the app."""
+    settings = settings or ServerSettings()
+    service = TaskService(captioner, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        await asyncio.to_thread(service.stop)
+
+    app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    _add_rest(app, service)
+    _add_websocket(app, service)
+    _add_resources(app, service)
+    return app
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
+    """The uvicorn configuration that enforces the settings' frame size and connection limits."""
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, ws_max_size=settings.max_body_bytes,
+        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5, log_level="info",
+    )
+
+
+def run_server(captioner: Captioner, settings: ServerSettings) -> None:
+    """Serve until interrupted (Ctrl-C).
+
+    Raises:
+        ServerConfigError: unsafe settings (checked before binding).
+    """
+    settings.check()
+    uvicorn.Server(uvicorn_config(create_app(captioner, settings), settings)).run()
+
+
+# -- REST -----------------------------------------------------------------------------------------
+
+
+def _add_rest(app: FastAPI, service: TaskService) -> None:
+    async def post_tasks(request: Request) -> Response:
+        try:
+            body = await _read_body(request, service.settings.max_body_bytes)
+            tasks = _rest_tasks(request, parse_task_array(body, service.settings), service.settings)
+        except LlavaEdgeError as err:
+            return _envelope([Outcome.failure(err)])
+        base_url = _http_base(request.base_url)
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url) for task in tasks))
+        return _envelope(list(outcomes))
+
+    options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
+    app.add_api_route("/v1", post_tasks, summary="Run Runware tasks", **options)
+    app.add_api_route("/", post_tasks, include_in_schema=False, **options)
+
+
+async def _answer(service: TaskService, task: Any, base_url: str) -> Outcome:
+    if task_identity(task)[0] == AUTH_TASK_TYPE:
+        return service.authenticate(task)
+    return await service.run(task, base_url=base_url)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise _too_large(int(declared), cap)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise _too_large(total, cap)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, cap: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request is at least {size} bytes; the limit is {cap}. Send smaller images (or one task per request).",
+        parameter="body",
+    )
+
+
+def _rest_tasks(request: Request, tasks: list[Any], settings: ServerSettings) -> list[Any]:
+    """Check the key (``Authorization: Bearer`` or a leading authentication task) and drop that task."""
+    header = request.headers.get("authorization", "")
+    key: object = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if task_identity(tasks[0])[0] == AUTH_TASK_TYPE:
+        key = tasks[0].get("apiKey")
+        tasks = tasks[1:]
+    check_api_key(settings, key)
+    return tasks
+
+
+def _envelope(outcomes: list[Outcome]) -> Response:
+    """``data`` and/or ``errors``: 200 when any task succeeded (or none was sent), else the first error's status."""
+    data = [outcome.item for outcome in outcomes if outcome.ok]
+    failures = [outcome for outcome in outcomes if not outcome.ok]
+    body: dict[str, Any] = {}
+    if data or not failures:
+        body["data"] = data
+    if failures:
+        body["errors"] = [outcome.item for outcome in failures]
+    status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def parse_task_array(body: bytes | str, settings: ServerSettings) -> list[Any]:
+    """The tasks of a request body or WebSocket frame: a JSON array (a single object is tolerated).
+
+    Raises:
+        InvalidRequestError: not JSON, not an array of tasks, empty, or too many tasks.
+        PayloadTooLargeError: over the size cap.
+    """
+    if len(body) > settings.max_body_bytes:
+        raise _too_large(len(body), settings.max_body_bytes)
+    try:
+        tasks = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidRequestError(f"The body is not valid JSON: {err}.", code="invalidJson", parameter="body") from err
+    tasks = [tasks] if isinstance(tasks, dict) else tasks
+    if not isinstance(tasks, list) or not tasks:
+        raise InvalidRequestError("Send a non-empty JSON array of tasks: [{\"taskType\": ...}, ...].",
+                                  code="invalidRequest", parameter="body")
+    if len(tasks) > settings.max_tasks_per_request:
+        raise InvalidRequestError(f"{len(tasks)} tasks in one request; the limit is "
+                                  f"{settings.max_tasks_per_request}.", code="invalidRequest", parameter="body")
+    return tasks
+
+
+def _http_base(base: URL) -> str:
+    """The server's http(s) root URL as the client reached it (also from a WebSocket's ws/wss URL)."""
+    scheme = {"ws": "http", "wss": "https"}.get(base.scheme, base.scheme)
+    return str(base.replace(scheme=scheme))
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+
+def _add_websocket(app: FastAPI, service: TaskService) -> None:
+    async def websocket_tasks(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await _Connection(websocket, service).serve()
+
+    for path in ("/v1", "/v1/", "/"):
+        app.add_api_websocket_route(path, websocket_tasks)
+
+
+class _Connection:
+    """One WebSocket client: it must authenticate first; its tasks run concurrently, each answered in
+    its own frame as soon as it is done."""
+
+    def __init__(self, websocket: WebSocket, service: TaskService):
+        self.websocket = websocket
+        self.service = service
+        self.base_url = _http_base(websocket.base_url)
+        self.authenticated = False
+        self._send_lock = asyncio.Lock()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        try:
+            while (frame := await self._receive()) is not None:
+                await self._handle(frame)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in self._running:
+                task.cancel()
+
+    async def _receive(self) -> str | bytes | None:
+        try:
+            message = await asyncio.wait_for(self.websocket.receive(), self.service.settings.ws_idle_timeout)
+        except TimeoutError:
+            await self.websocket.close(code=1000, reason="idle timeout")
+            return None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message.get("text") or message.get("bytes") or ""
+
+    async def _handle(self, frame: str | bytes) -> None:
+        try:
+            tasks = parse_task_array(frame, self.service.settings)
+        except LlavaEdgeError as err:
+            await self._send(Outcome.failure(err))
+            return
+        for raw in tasks:
+            task_type, task_uuid = task_identity(raw)
+            if task_type == AUTH_TASK_TYPE:
+                outcome = self.service.authenticate(raw)
+                self.authenticated = outcome.ok
+                await self._send(outcome)
+            elif task_type == "ping" or self.authenticated:
+                self._start(raw)
+            else:
+                await self._send(Outcome.failure(AuthenticationError(
+                    "Authenticate first: send [{\"taskType\": \"authentication\", \"apiKey\": ...}].",
+                    code="missingApiKey", task_type=task_type, task_uuid=task_uuid)))
+
+    def _start(self, raw: Any) -> None:
+        task = asyncio.create_task(self._run(raw))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, raw: Any) -> None:
+        outcome = await self.service.run(raw, base_url=self.base_url)
+        try:
+            await self._send(outcome)
+        except Exception:  # noqa: BLE001 (the socket closed under us: nothing left to tell)
+            _log.info("client left before task %s was answered", task_identity(raw)[1])
+
+    async def _send(self, outcome: Outcome) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(json.dumps(outcome.frame()))
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+def _add_resources(app: FastAPI, service: TaskService) -> None:
+    @app.get("/health", summary="Loaded model and queue depth")
+    async def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/images/{name}", summary="An image stored by imageUpload", response_class=FileResponse)
+    async def stored_image(name: str) -> Response:
+        try:
+            path = _stored_image(service, name)
+        except InvalidImageError as err:
+            return JSONResponse({"errors": [err.to_runware()]}, status_code=404)
+        return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix[1:]])
+
+
+def _stored_image(service: TaskService, name: str) -> Path:
+    """The file behind ``<uuid>.<ext>``; only names the store itself gave out are served."""
+    image_uuid, _, extension = name.partition(".")
+    if is_uuid4(image_uuid) and extension in _IMAGE_TYPES:
+        path = service.captioner.image_store.path(image_uuid)
+        if path.name == name:
+            return path
+    raise InvalidImageError(f"No stored image is named {name!r}.", code="notFound", parameter="name")

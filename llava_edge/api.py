@@ -25,6 +25,8 @@ from .schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_capt
 
 LOW_DETAIL_SIDE = 336
 """``detail="low"``: the image is scaled to fit 336x336, one CLIP view, 576 image tokens."""
+AUTO_HIGH_MIN_SIDE = 504
+"""``detail="auto"`` uses the full anyres grid from this long side on (1.5 CLIP views)."""
 
 
 @dataclass(frozen=True)
@@ -164,10 +166,17 @@ class Captioner:
 
 
 def prepare_image(image: Image.Image, detail: str) -> Image.Image:
-    """Apply ``detail``: "low" fits the image in one 336x336 CLIP view; "high" and "auto" keep it whole
-    (libmtmd then uses the full LLaVA-1.6 anyres grid, up to 2,880 tokens)."""
+    """Apply ``detail`` to an RGB image.
+
+    - "high": the whole image; libmtmd uses the full LLaVA-1.6 anyres grid (up to 2,880 tokens).
+    - "low": the image scaled to fit one 336x336 CLIP view (576 tokens, several times faster on a CPU).
+    - "auto": "low" when the long side is under ``AUTO_HIGH_MIN_SIDE`` (504 px, 1.5 views: the anyres
+      tiles would only magnify the image, adding tokens but no detail), else "high".
+    """
     if detail not in ("auto", "low", "high"):
         raise ValueError(f"detail must be auto, low or high, got {detail!r}")
+    if detail == "auto":
+        detail = "low" if max(image.size) < AUTO_HIGH_MIN_SIDE else "high"
     if detail == "low" and max(image.size) > LOW_DETAIL_SIDE:
         scaled = image.copy()
         scaled.thumbnail((LOW_DETAIL_SIDE, LOW_DETAIL_SIDE), Image.Resampling.BICUBIC)

@@ -56,9 +56,16 @@ def test_image_token_counts_follow_llava16_anyres(captioner: Captioner, size: tu
     assert sum(chunk.n_tokens for chunk in chunks if chunk.kind == "image") == tokens
 
 
-def test_detail_low_uses_one_view(captioner: Captioner) -> None:
-    chunks = captioner.layout(picture(672, 672), PROMPT, detail="low")
-    assert sum(chunk.n_tokens for chunk in chunks if chunk.kind == "image") == 576
+@pytest.mark.parametrize(
+    ("size", "detail", "tokens"),
+    [((672, 672), "low", 576), ((672, 672), "high", 2880), ((672, 672), "auto", 2880),
+     ((480, 400), "auto", 576), ((480, 400), "high", 2880), ((1200, 300), "low", 576)],
+)
+def test_detail_chooses_the_image_token_budget(
+    captioner: Captioner, size: tuple[int, int], detail: str, tokens: int
+) -> None:
+    chunks = captioner.layout(picture(*size), PROMPT, detail=detail)
+    assert sum(chunk.n_tokens for chunk in chunks if chunk.kind == "image") == tokens
 
 
 def test_default_context_holds_a_full_image(captioner: Captioner) -> None:

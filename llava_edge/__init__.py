@@ -1,7 +1,7 @@
 """llava-edge: offline image captioning with LLaVA-1.6-Mistral-7B GGUF, speaking the Runware caption API."""
 
 from . import errors
-from .api import CaptionResult, Captioner, caption, run_task
+from .api import Captioner, CaptionResult, caption, run_task
 from .download import download_model
 from .registry import ModelFiles, ModelSpec, available_models
 from .runtime import GenerationOptions, RuntimeOptions, Timings

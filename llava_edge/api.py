@@ -10,7 +10,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 from PIL import Image
 
@@ -85,7 +85,7 @@ class Captioner:
     def close(self) -> None:
         self.runtime.close()
 
-    def __enter__(self) -> Captioner:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
@@ -76,7 +76,7 @@ class RuntimeOptions:
     captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
     models on AMX CPUs with the default build (llama.cpp #20824)."""
     use_mmap: bool = True
-    prefix_cache_bytes: int = 1 << 30
+    prefix_cache_bytes: int = 512 << 20
     """Memory for evaluated image prefixes (a follow-up question on the same image skips the image
     encode and prefill). A real-shape 672x672 image takes about 360 MB. 0 turns the cache off."""
     prefix_cache_dir: str | None = None
@@ -179,7 +179,7 @@ class LlavaRuntime:
                 llama_cpp.llama_model_free(self._model)
                 self._model = None
 
-    def __enter__(self) -> LlavaRuntime:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -381,7 +381,7 @@ class _Tokenized:
         ]
         return image_indices[-1] + 1 if image_indices else 0
 
-    def __enter__(self) -> _Tokenized:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

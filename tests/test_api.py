@@ -11,23 +11,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ImageFactory, data_uri
 from PIL import Image
 
 import llava_edge
-from conftest import ImageFactory, data_uri
 from llava_edge import Captioner, caption, run_task
 from llava_edge.cost import RUNWARE_PRICE_PER_TOKEN, CostModel
 from llava_edge.errors import InvalidImageError, InvalidRequestError, LlavaEdgeError, UnknownModelError
 
 EXAMPLE_PROMPTS = [
-    "Describe this image in 3-5 vivid sentences, identifying the main subject, setting, notable objects, mood, "
-    "and any surprising visual details.",
-    "Provide a vivid caption for this image in 2-3 sentences, identifying the main setting, notable objects, "
-    "lighting, mood, and any implied story suggested by the scene.",
-    "Provide a detailed caption for this image, describing the setting, notable objects, lighting, mood, and any "
-    "unusual visual contrasts.",
-    "Describe this image in 3-5 sentences, identifying the main setting, notable objects, lighting conditions, and "
-    "the overall mood. Mention any details that suggest a story.",
+    (
+        "Describe this image in 3-5 vivid sentences, identifying the main subject, setting, notable objects, mood, "
+        "and any surprising visual details."
+    ),
+    (
+        "Provide a vivid caption for this image in 2-3 sentences, identifying the main setting, notable objects, "
+        "lighting, mood, and any implied story suggested by the scene."
+    ),
+    (
+        "Provide a detailed caption for this image, describing the setting, notable objects, lighting, mood, and any "
+        "unusual visual contrasts."
+    ),
+    (
+        "Describe this image in 3-5 sentences, identifying the main setting, notable objects, lighting conditions, and "
+        "the overall mood. Mention any details that suggest a story."
+    ),
 ]
 
 

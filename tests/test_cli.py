@@ -11,7 +11,7 @@ from conftest import ImageFactory
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llava_edge", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "llava_edge", *args], check=False, capture_output=True, text=True, timeout=300)
 
 
 def test_caption_json(tmp_path: Path, make_image: ImageFactory) -> None:

@@ -9,11 +9,12 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from conftest import ImageFactory, data_uri
 from PIL import Image
 
-from conftest import ImageFactory, data_uri
 from llava_edge.errors import InvalidImageError
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageLimits, load_image
@@ -21,9 +22,9 @@ from llava_edge.remote import TransferLimits
 
 
 class _Routes(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, str, bytes]] = {}
+    routes: ClassVar[dict[str, tuple[int, str, bytes]]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         if self.path == "/endless":
             return self._endless()
         if self.path == "/redirect-ftp":
@@ -119,7 +120,7 @@ def test_animated_image_uses_the_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    red, green, blue = load_image(buffer.getvalue()).getpixel((4, 4))
+    red, _, blue = load_image(buffer.getvalue()).getpixel((4, 4))
     assert red > 200 and blue < 50
 
 

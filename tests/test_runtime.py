@@ -148,6 +148,6 @@ def test_k_quant_model_captions_without_crashing() -> None:
         print("TOKENS", result.timings.generated_tokens)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert "TOKENS 8" in done.stdout

@@ -19,6 +19,9 @@ from .errors import RegistryError, UnknownModelError
 REGISTRY_ENV = "LLAVA_EDGE_MODELS"
 _SHA256 = re.compile(r"^([0-9a-f]{64})?$")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
+_TOP_KEYS = ("default", "aliases", "templates", "mmproj", "models")
+_HUB_FILE_KEYS = ("repo", "revision", "file", "size", "sha256")
+_MODEL_KEYS = (*_HUB_FILE_KEYS, "mmproj", "template", "aliases")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def available_models(path: str | os.PathLike[str] | None = None) -> list[str]:
 
 
 def _parse_registry(data: dict[str, Any], source: str) -> Registry:
+    _check_keys(data, _TOP_KEYS, "", source)
     templates = _table(data, "templates", source)
     for name, text in templates.items():
         if not isinstance(text, str) or "{image}" not in text or "{prompt}" not in text:
@@ -159,7 +163,7 @@ def _model_spec(
     model_id: str, entry: Any, projectors: dict[str, HubFile], templates: dict[str, Any], source: str
 ) -> ModelSpec:
     where = f"models.{model_id}"
-    hub_file = _hub_file(entry, where, source)
+    hub_file = _hub_file(entry, where, source, _MODEL_KEYS)
     mmproj = entry.get("mmproj")
     if mmproj not in projectors:
         raise RegistryError(f"{source}: {where}.mmproj = {mmproj!r} names no [mmproj.<name>] table.")
@@ -172,9 +176,10 @@ def _model_spec(
     return ModelSpec(model_id, hub_file, projectors[mmproj], templates[template], tuple(aliases))
 
 
-def _hub_file(entry: Any, where: str, source: str) -> HubFile:
+def _hub_file(entry: Any, where: str, source: str, keys: tuple[str, ...] = _HUB_FILE_KEYS) -> HubFile:
     if not isinstance(entry, dict):
         raise RegistryError(f"{source}: {where} must be a table.")
+    _check_keys(entry, keys, f"{where}.", source)
     for key in ("repo", "revision", "file"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise RegistryError(f"{source}: {where}.{key} is missing or not a non-empty string.")
@@ -186,3 +191,10 @@ def _hub_file(entry: Any, where: str, source: str) -> HubFile:
     if not isinstance(sha256, str) or not _SHA256.match(sha256):
         raise RegistryError(f"{source}: {where}.sha256 must be 64 lowercase hex digits or \"\".")
     return HubFile(entry["repo"], entry["revision"], entry["file"], entry["size"], sha256)
+
+
+def _check_keys(entry: dict[str, Any], known: tuple[str, ...], prefix: str, source: str) -> None:
+    """Reject a key the registry does not know (a typo like ``sha265`` must not be silently ignored)."""
+    for key in entry:
+        if key not in known:
+            raise RegistryError(f"{source}: {prefix}{key} is not a known key; expected one of: {', '.join(known)}.")

@@ -30,6 +30,12 @@ def _user_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+registry_option = click.option(
+    "--registry", type=click.Path(dir_okay=False), default=None,
+    help="A models.toml to use instead of the built-in one (default: $LLAVA_EDGE_MODELS).",
+)
+
+
 def runtime_options(function: F) -> F:
     """Options that choose and load the model, shared by every command that runs one."""
     decorators = [
@@ -40,6 +46,7 @@ def runtime_options(function: F) -> F:
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores)."),
         click.option("--n-ctx", type=click.IntRange(512), default=4096, show_default=True),
         click.option("--offline", is_flag=True, default=None, help="Use only the local model cache."),
+        registry_option,
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -56,7 +63,7 @@ def load_captioner(options: dict[str, Any]) -> Any:
     )
     return Captioner(
         options["model"], model_path=options["model_path"], mmproj_path=options["mmproj_path"], runtime=runtime,
-        offline=options["offline"],
+        offline=options["offline"], registry=options.get("registry"),
     )
 
 
@@ -163,3 +170,43 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
         run_server(captioner, settings)
     finally:
         captioner.close()
+
+
+@main.command()
+@click.argument("variant", required=False)
+@registry_option
+@click.option("--dir", "local_dir", type=click.Path(file_okay=False), default=None,
+              help="Put the files in this directory instead of the Hugging Face cache.")
+@click.option("--token", default=None, help="Hugging Face token for gated or private repos (default: HF_TOKEN).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def pull(variant: str | None, registry: str | None, local_dir: str | None, token: str | None, quiet: bool) -> None:
+    """Download and verify VARIANT (an id, alias, runware:150@2 or auto; default: the registry's default).
+
+    An interrupted download resumes where it stopped on the next run; files already present are re-hashed.
+    """
+    from .download import download_model
+
+    files = download_model(variant, registry=registry, local_dir=local_dir, token=token,
+                           progress=False if quiet else None, verify_cached=True)
+    click.echo(f"{files.name} model:  {files.model_path}")
+    click.echo(f"{files.name} mmproj: {files.mmproj_path}")
+
+
+@main.command()
+@registry_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of variants.")
+@_user_errors
+def models(registry: str | None, as_json: bool) -> None:
+    """Every variant: size on disk, RAM it needs at n_ctx 4096, whether it is downloaded, default and auto."""
+    from .models import list_variants
+
+    rows = list_variants(registry=registry)
+    if as_json:
+        click.echo(json.dumps([asdict(row) for row in rows], indent=2))
+        return
+    click.echo(f"{'VARIANT':<14}{'SIZE':>9}{'RAM@4096':>10}  {'DOWNLOADED':<11}{'NOTES':<14}ALIASES")
+    for row in rows:
+        notes = ", ".join(note for note, on in (("default", row.default), ("auto", row.auto)) if on)
+        click.echo(f"{row.id:<14}{row.size_bytes / 1e9:>7.2f}GB{row.memory_bytes / 2**30:>7.1f}GiB  "
+                   f"{'yes' if row.downloaded else 'no':<11}{notes:<14}{', '.join(row.aliases)}")

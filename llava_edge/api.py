@@ -146,7 +146,7 @@ class Captioner:
         return self.runtime.layout(picture, prompt or DEFAULT_PROMPT)
 
     def _options_for(self, task: CaptionRequest) -> GenerationOptions:
-        changes = {
+        changes: dict[str, Any] = {
             name: value
             for name, value in (
                 ("max_tokens", task.max_tokens), ("temperature", task.temperature),

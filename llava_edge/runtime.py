@@ -37,7 +37,7 @@ _QUANT_FTYPES = {
 }
 
 
-@llama_cpp.llama_log_callback
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     _log.log(_LOG_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
 
@@ -411,7 +411,7 @@ class _Decoder:
 
     def __init__(
         self, runtime: LlavaRuntime, options: GenerationOptions, started: float,
-        stages: dict[str, float], layout: list[PromptChunk],
+        stages: dict[str, Any], layout: list[PromptChunk],
     ):
         self.runtime, self.options, self.started, self.stages, self.layout = runtime, options, started, stages, layout
         self.sampler = _sampler_chain(options)
@@ -436,21 +436,25 @@ class _Decoder:
         return Generation(text=text, finish_reason=reason, timings=timings)
 
     def _loop(self) -> tuple[list[bytes], str, float | None]:
-        runtime, pieces, first_token_at = self.runtime, [], None
+        runtime, first_token_at = self.runtime, None
+        pieces: list[bytes] = []
         for _ in range(self.options.max_tokens):
             token = llama_cpp.llama_sampler_sample(self.sampler, runtime._ctx, -1)
             first_token_at = first_token_at or time.perf_counter()
             if llama_cpp.llama_vocab_is_eog(runtime._vocab, token):
                 return pieces, "stop", first_token_at
             pieces.append(runtime._piece(token))
-            if self.options.stop and _cut_at_stop(b"".join(pieces).decode("utf-8", "ignore"), self.options.stop) != (
-                b"".join(pieces).decode("utf-8", "ignore")
-            ):
+            if self.options.stop and _contains_stop(pieces, self.options.stop):
                 return pieces, "stop", first_token_at
             batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)
             if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
                 raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
         return pieces, "length", first_token_at
+
+
+def _contains_stop(pieces: list[bytes], stop: tuple[str, ...]) -> bool:
+    text = b"".join(pieces).decode("utf-8", "ignore")
+    return any(word and word in text for word in stop)
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

@@ -97,11 +97,11 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     return app
 
 
-def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
+def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration that enforces the settings' frame size and connection limits."""
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, ws_max_size=settings.max_body_bytes,
-        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5, log_level="info",
+        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5, log_level=log_level,
     )
 
 

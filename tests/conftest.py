@@ -83,3 +83,159 @@ def _pixel(mode: str, x: int, y: int) -> object:
     if mode == "CMYK":
         return (value, 0, 255 - value, 10)
     return (value, 255 - value, (x * y) % 256)
+
+
+# -- server fixtures (tests/test_server*.py) -------------------------------------------------------
+
+
+class LiveServer:
+    """``create_app(captioner, settings)`` served by uvicorn in a thread on a free 127.0.0.1 port."""
+
+    def __init__(self, captioner: Captioner, settings: object) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        from llava_edge.server import create_app, uvicorn_config
+
+        self.app = create_app(captioner, settings)  # type: ignore[arg-type]
+        self.service = self.app.state.service
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_level="warning"))  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start within 15 s")
+            time.sleep(0.02)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+        self._socket.close()
+
+
+@pytest.fixture
+def serve(captioner: Captioner) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers on the session captioner: ``serve(**ServerSettings fields)``; stopped after the test."""
+    from llava_edge.server_settings import ServerSettings
+
+    started: list[LiveServer] = []
+
+    def start(**settings: object) -> LiveServer:
+        server = LiveServer(captioner, ServerSettings(**settings))  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def caption_task(image: str, **fields: object) -> dict[str, object]:
+    """A Runware ``caption`` task with a fresh taskUUID for ``image``; ``fields`` add or override."""
+    import uuid
+
+    task: dict[str, object] = {"taskType": "caption", "taskUUID": str(uuid.uuid4()), "model": "runware:150@2",
+                               "inputs": {"image": image}}
+    task.update(fields)
+    return task
+
+
+class LoopbackHTTP:
+    """A tiny HTTP server on 127.0.0.1 that records every request and answers from a script.
+
+    ``statuses``: HTTP statuses for the next requests, in order (then 200). ``image``: the body of GET
+    answers. ``gate``: when set up with ``hold()``, GET answers wait until ``release()`` (bounded).
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.statuses: list[int] = []
+        self.image = b""
+        self.arrived = threading.Condition()
+        self._gate: threading.Event | None = None
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                owner._record(self, b"")
+                if owner._gate is not None:
+                    owner._gate.wait(30)
+                self._answer(200, owner.image, "image/png")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._take_body()
+
+            def do_PUT(self) -> None:  # noqa: N802
+                self._take_body()
+
+            def _take_body(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = owner._record(self, body)
+                self._answer(status, b"{}", "application/json")
+
+            def _answer(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _record(self, handler: object, body: bytes) -> int:
+        with self.arrived:
+            self.requests.append((handler.command, handler.path, body))  # type: ignore[attr-defined]
+            self.arrived.notify_all()
+            return self.statuses.pop(0) if self.statuses else 200
+
+    def hold(self) -> None:
+        import threading
+
+        self._gate = threading.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[tuple[str, str, bytes]]:
+        """The first ``count`` requests, waiting up to ``timeout`` seconds for them."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.requests) >= count, timeout)
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def loopback_http() -> Iterator[LoopbackHTTP]:
+    """A recording HTTP endpoint on 127.0.0.1 (webhook receiver, upload target, slow image host)."""
+    endpoint = LoopbackHTTP()
+    yield endpoint
+    endpoint.close()

@@ -35,6 +35,7 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_c
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
+    LocalTokenNotFoundError,
     OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
@@ -310,6 +311,9 @@ def _hub_errors(spec: ModelSpec, hub_file: HubFile, hint: str, plan: _Fetch | No
     except RepositoryNotFoundError as err:
         raise DownloadError(f"Repository {hub_file.repo} was not found, or it is private and no valid token "
                             f"was sent. Set HF_TOKEN, run `hf auth login` or pass --token.") from err
+    except LocalTokenNotFoundError as err:
+        raise DownloadError("A token was asked for but none is stored: run `hf auth login`, set HF_TOKEN "
+                            "or pass the token itself.") from err
     except (OfflineModeIsEnabled, HfHubHTTPError) as err:
         raise DownloadError(f"Downloading {name} failed: {err} Run `{hint}` to try again.") from err
     except httpx2.TransportError as err:

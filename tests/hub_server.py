@@ -89,6 +89,10 @@ class HubServer:
         """Requests for repo files (not the telemetry endpoint), optionally of one method."""
         return [r for r in self.requests if "/resolve/" in r.path and method in (None, r.method)]
 
+    def get_ranges(self, file: str) -> list[str | None]:
+        """The Range header of every GET of ``file``, in order (None: the whole file)."""
+        return [r.range for r in self.file_requests("GET") if r.file == file]
+
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()

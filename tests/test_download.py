@@ -158,8 +158,7 @@ def test_cut_connection_then_next_call_transfers_only_the_rest(
     hub.reset_counts()
     files = download_model("tiny-q4", registry=registry)
 
-    model_gets = [r for r in hub.file_requests("GET") if r.file == MODEL]
-    assert [r.range for r in model_gets] == [f"bytes={cut}-"]
+    assert hub.get_ranges(MODEL) == [f"bytes={cut}-"]
     assert hub.bytes_sent[MODEL] == len(data) - cut
     assert files.model_path.read_bytes() == data
     assert not blob_part(data).exists()
@@ -173,7 +172,7 @@ def test_a_single_cut_is_resumed_within_the_same_call(
 
     files = download_model("tiny-q4", registry=registry)
 
-    assert [r.range for r in hub.file_requests("GET") if r.file == MODEL] == [None, "bytes=150000-"]
+    assert hub.get_ranges(MODEL) == [None, "bytes=150000-"]
     assert hub.bytes_sent[MODEL] == len(data)
     assert files.model_path.read_bytes() == data
 
@@ -201,7 +200,7 @@ def test_killed_process_is_resumed_by_the_next_process(
 
     files = download_model("tiny-q4", registry=registry)
 
-    assert [r.range for r in hub.file_requests("GET") if r.file == MODEL] == [f"bytes={stall}-"]
+    assert hub.get_ranges(MODEL) == [f"bytes={stall}-"]
     assert hub.bytes_sent[MODEL] == len(data) - stall
     assert files.model_path.read_bytes() == data
 
@@ -407,6 +406,26 @@ def test_cli_pull_then_models_shows_it_downloaded(hub: HubServer, registry: Path
     ]
     assert [row["downloaded"] for row in after] == [True, True, False]  # tiny-nosha shares both files
     assert after[0]["size_bytes"] == sum(p.stat().st_size for p in (snapshot(MODEL), snapshot(MMPROJ)))
+
+
+def test_cli_pull_then_caption_offline_with_the_default_variant(
+    hub: HubServer, registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_image
+) -> None:
+    """The issue's "done when" path (`llava-edge pull`, then `llava-edge caption photo.jpg`) on the loopback hub."""
+    monkeypatch.setenv("LLAVA_EDGE_MODELS", str(registry))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image(40, 30))
+    runner = CliRunner()
+
+    pulled = runner.invoke(main, ["pull"])
+    hub.reset_counts()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    captioned = runner.invoke(main, ["caption", str(photo), "--max-tokens", "5", "--seed", "3"])
+
+    assert pulled.exit_code == 0, pulled.output
+    assert captioned.exit_code == 0, captioned.output
+    assert captioned.output.strip()
+    assert hub.requests == []
 
 
 def test_cli_pull_error_exits_1_with_the_message(hub: HubServer, registry: Path) -> None:

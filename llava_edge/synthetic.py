@@ -14,6 +14,8 @@ Presets:
 * ``real-shape``: Mistral-7B Q4_K_M (about 4.37 GB) plus a CLIP ViT-L/14-336 f16 mmproj (about 624 MB).
   Benchmarks the real compute without downloading the real model. The 13.5 GiB f16 intermediate
   is written tensor by tensor and deleted after quantizing.
+* ``real-shape-4l``: the real-shape widths and full CLIP tower with 4 of the 32 text layers (about 0.7 GB),
+  for quick benchmark sweeps; ``llava_edge.bench`` scales its text-model times to 32 layers and labels them.
 
 Files live in ``<cache>/synthetic/<preset>-seed<seed>-v<FORMAT_VERSION>/{model.gguf,mmproj.gguf}``.
 A build is deterministic in its seed, happens in a temporary directory that is renamed into place
@@ -117,6 +119,13 @@ PRESETS: dict[str, SyntheticPreset] = {
         VisionShape(n_embd=1024, n_layer=23, n_head=16, n_ff=4096),
         "Q4_K_M",
         "LLaVA-1.6-Mistral-7B shapes: Q4_K_M text (~4.37 GB) + f16 mmproj (~624 MB); slow to build",
+    ),
+    "real-shape-4l": SyntheticPreset(
+        "real-shape-4l",
+        TextShape(n_embd=4096, n_layer=4, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000),
+        VisionShape(n_embd=1024, n_layer=23, n_head=16, n_ff=4096),
+        "Q4_K_M",
+        "real-shape widths with 4 of the 32 text layers (full CLIP): quick benchmarks, text-model time scaled x8",
     ),
 }
 

@@ -170,7 +170,7 @@ def test_concurrent_builds_agree(tmp_path: Path) -> None:
 
 
 def test_names() -> None:
-    assert preset_names() == ["tiny", "kquant-small", "real-shape"]
+    assert preset_names() == ["tiny", "kquant-small", "real-shape", "real-shape-4l"]
     assert synthetic_preset_for("synthetic-tiny") == "tiny"
     assert synthetic_preset_for("Synthetic-Real-Shape") == "real-shape"
     assert synthetic_preset_for("synthetic-huge") is None

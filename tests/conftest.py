@@ -6,8 +6,15 @@ Synthetic models are cached outside the repo (``~/.cache/llava-edge/synthetic`` 
 
 from __future__ import annotations
 
-import base64
-import io
+import os
+
+# huggingface_hub reads these once, at import: set them before anything imports it, so no test ever
+# reaches for the real hub (its telemetry registry fetch included).
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+
+import base64  # noqa: E402 (after the environment above)
+import io  # noqa: E402
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

@@ -3,8 +3,8 @@
 from . import errors
 from .api import Captioner, CaptionResult, caption, run_task
 from .download import download_model
+from .generation import GenerationOptions, RuntimeOptions, Timings
 from .registry import ModelFiles, ModelSpec, available_models
-from .runtime import GenerationOptions, RuntimeOptions, Timings
 
 __version__ = "0.1.0"
 

@@ -16,11 +16,12 @@ from PIL import Image
 
 from .cost import CostModel
 from .errors import LlavaEdgeError
+from .generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
 from .image_store import ImageStore
 from .images import ImageInput, ImageLimits, load_image
 from .models import model_files
 from .registry import ModelFiles, load_registry
-from .runtime import GenerationOptions, LlavaRuntime, PromptChunk, RuntimeOptions, Timings
+from .runtime import LlavaRuntime
 from .schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
 
 LOW_DETAIL_SIDE = 336

@@ -35,6 +35,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU advertises Intel AMX (Linux only; elsewhere False)."""
+    return "amx_tile" in cpu_flags()
+
+
 def total_memory() -> int:
     """Physical memory in bytes."""
     return _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,7 +21,17 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
+from . import machine
 from .errors import ContextOverflowError, RuntimeBackendError
+from .generation import (
+    Generation,
+    GenerationOptions,
+    PromptChunk,
+    RuntimeOptions,
+    Timings,
+    contains_stop,
+    cut_at_stop,
+)
 from .prefix_cache import PrefixCache, PrefixState
 from .registry import ModelFiles
 
@@ -54,92 +63,6 @@ def _init_backend() -> None:
         mtmd.mtmd_helper_log_set(_forward_log, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _backend_ready = True
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How a model is loaded. Defaults are the measured best for CPU captioning (see README)."""
-
-    device: str = "auto"
-    """auto | cpu | metal | cuda. ``auto`` offloads everything when the build supports a GPU."""
-    n_ctx: int = 4096
-    """Context length. One full anyres image is 2,880 tokens, so 4096 holds it plus prompt and answer."""
-    n_batch: int = 512
-    n_ubatch: int = 512
-    threads: int | None = None
-    """Decode threads; default: every core."""
-    threads_batch: int | None = None
-    """Prefill and CLIP threads; default: every core."""
-    flash_attn: bool = False
-    repack: bool = False
-    """llama.cpp's extra CPU buffer types (weight repacking, AMX). Off by default: prefill-dominated
-    captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
-    models on AMX CPUs with the default build (llama.cpp #20824)."""
-    use_mmap: bool = True
-    prefix_cache_bytes: int = 512 << 20
-    """Memory for evaluated image prefixes (a follow-up question on the same image skips the image
-    encode and prefill). A real-shape 672x672 image takes about 360 MB. 0 turns the cache off."""
-    prefix_cache_dir: str | None = None
-    """Also keep image prefixes on disk here, so they survive a restart."""
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """How an answer is sampled."""
-
-    max_tokens: int = 256
-    temperature: float = 0.2
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
-    """Sampling seed; ``None`` draws a fresh one per call."""
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PromptChunk:
-    """A piece of the evaluated prompt: text tokens, or an image's token count."""
-
-    kind: str
-    """"text" or "image"."""
-    n_tokens: int
-    tokens: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Seconds per stage of one caption, and token counts."""
-
-    image_encode_s: float = 0.0
-    image_prefill_s: float = 0.0
-    text_prefill_s: float = 0.0
-    first_token_s: float = 0.0
-    """From the start of the call to the first sampled token."""
-    decode_s: float = 0.0
-    total_s: float = 0.0
-    image_tokens: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    prefix_cache_hit: bool = False
-    """The image's evaluated state came from the prefix cache (encode 0 s; prefill = restore time)."""
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        prefill = self.image_prefill_s + self.text_prefill_s
-        return self.prompt_tokens / prefill if prefill > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One answer: the text, why it stopped ("stop" or "length"), and its timings."""
-
-    text: str
-    finish_reason: str
-    timings: Timings = field(default_factory=Timings)
 
 
 class LlavaRuntime:
@@ -422,7 +345,7 @@ class _Decoder:
         finally:
             llama_cpp.llama_sampler_free(self.sampler)
         finished = time.perf_counter()
-        text = _cut_at_stop(b"".join(pieces).decode("utf-8", "replace"), self.options.stop).strip()
+        text = cut_at_stop(b"".join(pieces).decode("utf-8", "replace"), self.options.stop).strip()
         first = first_token_at or finished
         timings = Timings(
             **self.stages,
@@ -444,22 +367,12 @@ class _Decoder:
             if llama_cpp.llama_vocab_is_eog(runtime._vocab, token):
                 return pieces, "stop", first_token_at
             pieces.append(runtime._piece(token))
-            if self.options.stop and _contains_stop(pieces, self.options.stop):
+            if self.options.stop and contains_stop(pieces, self.options.stop):
                 return pieces, "stop", first_token_at
             batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)
             if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
                 raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
         return pieces, "length", first_token_at
-
-
-def _contains_stop(pieces: list[bytes], stop: tuple[str, ...]) -> bool:
-    text = b"".join(pieces).decode("utf-8", "ignore")
-    return any(word and word in text for word in stop)
-
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    positions = [text.find(word) for word in stop if word and word in text]
-    return text[: min(positions)] if positions else text
 
 
 def _sampler_chain(options: GenerationOptions) -> Any:
@@ -523,7 +436,7 @@ def _offload_plan(device: str) -> tuple[int, bool]:
 
 
 def _check_repack_safe(repack: bool) -> None:
-    if repack and cpu_has_amx() and "AMX_INT8 = 1" in system_info():
+    if repack and machine.cpu_has_amx() and "AMX_INT8 = 1" in system_info():
         raise RuntimeBackendError(
             "repack=True uses ggml's AMX kernels, which crash on K-quant models on this CPU (llama.cpp #20824). "
             "Keep repack off, or rebuild llama-cpp-python with "
@@ -535,14 +448,6 @@ def _check_repack_safe(repack: bool) -> None:
 def system_info() -> str:
     """llama.cpp's system info line (compiled CPU features and backends)."""
     return bytes(llama_cpp.llama_print_system_info()).decode("utf-8", "replace")
-
-
-def cpu_has_amx() -> bool:
-    """True when the CPU advertises Intel AMX (Linux only; elsewhere False)."""
-    try:
-        return "amx_tile" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def gpu_backends() -> list[str]:
@@ -558,7 +463,7 @@ def backend_info() -> dict[str, Any]:
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
         "gpu_backends": gpu_backends(),
         "system_info": system_info().strip(),
-        "cpu_has_amx": cpu_has_amx(),
+        "cpu_has_amx": machine.cpu_has_amx(),
     }
 
 

@@ -1,0 +1,101 @@
+"""The value objects of a caption: how a model is loaded and sampled, and what comes back. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model is loaded. Defaults are the measured best for CPU captioning (see README)."""
+
+    device: str = "auto"
+    """auto | cpu | metal | cuda. ``auto`` offloads everything when the build supports a GPU."""
+    n_ctx: int = 4096
+    """Context length. One full anyres image is 2,880 tokens, so 4096 holds it plus prompt and answer."""
+    n_batch: int = 512
+    n_ubatch: int = 512
+    threads: int | None = None
+    """Decode threads; default: every core."""
+    threads_batch: int | None = None
+    """Prefill and CLIP threads; default: every core."""
+    flash_attn: bool = False
+    repack: bool = False
+    """llama.cpp's extra CPU buffer types (weight repacking, AMX). Off by default: prefill-dominated
+    captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
+    models on AMX CPUs with the default build (llama.cpp #20824)."""
+    use_mmap: bool = True
+    prefix_cache_bytes: int = 512 << 20
+    """Memory for evaluated image prefixes (a follow-up question on the same image skips the image
+    encode and prefill). A real-shape 672x672 image takes about 360 MB. 0 turns the cache off."""
+    prefix_cache_dir: str | None = None
+    """Also keep image prefixes on disk here, so they survive a restart."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How an answer is sampled."""
+
+    max_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None
+    """Sampling seed; ``None`` draws a fresh one per call."""
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """A piece of the evaluated prompt: text tokens, or an image's token count."""
+
+    kind: str
+    """"text" or "image"."""
+    n_tokens: int
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per stage of one caption, and token counts."""
+
+    image_encode_s: float = 0.0
+    image_prefill_s: float = 0.0
+    text_prefill_s: float = 0.0
+    first_token_s: float = 0.0
+    """From the start of the call to the first sampled token."""
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    image_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefix_cache_hit: bool = False
+    """The image's evaluated state came from the prefix cache (encode 0 s; prefill = restore time)."""
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        prefill = self.image_prefill_s + self.text_prefill_s
+        return self.prompt_tokens / prefill if prefill > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer: the text, why it stopped ("stop" or "length"), and its timings."""
+
+    text: str
+    finish_reason: str
+    timings: Timings = field(default_factory=Timings)
+
+
+def contains_stop(pieces: list[bytes], stop: tuple[str, ...]) -> bool:
+    text = b"".join(pieces).decode("utf-8", "ignore")
+    return any(word and word in text for word in stop)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    positions = [text.find(word) for word in stop if word and word in text]
+    return text[: min(positions)] if positions else text

@@ -166,7 +166,7 @@ class LoopbackHTTP:
     """A tiny HTTP server on 127.0.0.1 that records every request and answers from a script.
 
     ``statuses``: HTTP statuses for the next requests, in order (then 200). ``image``: the body of GET
-    answers. ``gate``: when set up with ``hold()``, GET answers wait until ``release()`` (bounded).
+    answers. After ``hold()``, every answer waits until ``release()`` (at most 30 s).
     """
 
     def __init__(self) -> None:
@@ -174,6 +174,8 @@ class LoopbackHTTP:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests: list[tuple[str, str, bytes]] = []
+        self.times: list[float] = []
+        """``time.monotonic()`` at each request's arrival."""
         self.statuses: list[int] = []
         self.image = b""
         self.arrived = threading.Condition()
@@ -183,8 +185,6 @@ class LoopbackHTTP:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 owner._record(self, b"")
-                if owner._gate is not None:
-                    owner._gate.wait(30)
                 self._answer(200, owner.image, "image/png")
 
             def do_POST(self) -> None:  # noqa: N802
@@ -199,6 +199,8 @@ class LoopbackHTTP:
                 self._answer(status, b"{}", "application/json")
 
             def _answer(self, status: int, body: bytes, content_type: str) -> None:
+                if owner._gate is not None:
+                    owner._gate.wait(30)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -214,8 +216,11 @@ class LoopbackHTTP:
         self._thread.start()
 
     def _record(self, handler: object, body: bytes) -> int:
+        import time
+
         with self.arrived:
             self.requests.append((handler.command, handler.path, body))  # type: ignore[attr-defined]
+            self.times.append(time.monotonic())
             self.arrived.notify_all()
             return self.statuses.pop(0) if self.statuses else 200
 

@@ -106,13 +106,16 @@ def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "
 
 
 def run_server(captioner: Captioner, settings: ServerSettings) -> None:
-    """Serve until interrupted (Ctrl-C).
+    """Serve until interrupted (Ctrl-C or SIGTERM stop it gracefully and return normally).
 
     Raises:
         ServerConfigError: unsafe settings (checked before binding).
     """
     settings.check()
-    uvicorn.Server(uvicorn_config(create_app(captioner, settings), settings)).run()
+    try:
+        uvicorn.Server(uvicorn_config(create_app(captioner, settings), settings)).run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the captured Ctrl-C after its graceful shutdown
 
 
 # -- REST -----------------------------------------------------------------------------------------

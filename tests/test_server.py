@@ -382,9 +382,8 @@ def test_ws_frame_cap_and_bad_json(serve: Callable[..., LiveServer]) -> None:
 
 def test_ws_idle_connection_is_closed(serve: Callable[..., LiveServer]) -> None:
     server = serve(ws_idle_timeout=0.5)
-    with ws_session(server, key="k") as socket:
-        with pytest.raises(ConnectionClosed):
-            socket.recv(timeout=5)
+    with ws_session(server, key="k") as socket, pytest.raises(ConnectionClosed):
+        socket.recv(timeout=5)
 
 
 def test_many_clients_at_once_lose_no_task(serve: Callable[..., LiveServer], captioner: Captioner, png: str) -> None:

@@ -61,8 +61,8 @@ def test_serve_synthetic_tiny_end_to_end(
 
 def test_serve_refuses_a_public_bind_without_a_key() -> None:
     started = time.monotonic()
-    done = subprocess.run([*SERVE, "--host", "0.0.0.0", "--model", "synthetic-tiny"], capture_output=True, text=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin"})
+    command = [*SERVE, "--host", "0.0.0.0", "--model", "synthetic-tiny"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 1
     assert "--api-key" in done.stderr and "invalidServerConfig" in done.stderr
     assert time.monotonic() - started < 30  # refused before any model is loaded
@@ -79,6 +79,6 @@ def test_serve_without_the_server_extra_names_the_install_command() -> None:
         from llava_edge.cli import main
         main(["serve", "--model", "synthetic-tiny"])
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert 'pip install "llava-edge[server]"' in done.stderr

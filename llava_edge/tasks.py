@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from .api import Captioner
 
 UPLOAD_TASK_TYPE = "imageUpload"
+UPLOADS_AT_ONCE = 2
+"""Uploads decoded at the same time (each may hold a 40-megapixel image in memory)."""
 _log = logging.getLogger("llava_edge.tasks")
 
 
@@ -56,6 +58,7 @@ class TaskService:
         self._stopping = threading.Event()
         self._running_task: str | None = None
         self._worker = threading.Thread(target=self._work, name="llava-edge-model", daemon=True)
+        self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
             "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: self._upload,
             "getResponse": self._get_response, "ping": self._ping,
@@ -141,7 +144,8 @@ class TaskService:
             raise InvalidRequestError(
                 "image is required: a data URI, base64 string or URL.", code="missingImage", parameter="image"
             )
-        name = await asyncio.to_thread(self._store_image, image)
+        async with self._upload_slots:
+            name = await asyncio.to_thread(self._store_image, image)
         image_uuid = name.split(".", 1)[0]
         return Outcome({"taskType": UPLOAD_TASK_TYPE, "taskUUID": task_uuid, "imageUUID": image_uuid,
                         "imageURL": f"{base_url}images/{name}"})

@@ -338,6 +338,19 @@ def test_ws_handshake_ping_and_tasks_routed_by_uuid(
         assert by_uuid[task["taskUUID"]]["text"] == expected(captioner, task)["text"]
 
 
+def test_ws_mixed_array_answers_each_task_in_its_own_frame(serve: Callable[..., LiveServer], png: str) -> None:
+    server = serve()
+    good, bad = caption_task(png), caption_task(png, deliveryMethod="later")
+    with ws_session(server, key="k") as socket:
+        socket.send(json.dumps([bad, "not a task", good]))
+        frames = receive(socket, 3)
+    errors = [frame["errors"][0] for frame in frames if "errors" in frame]
+    assert sorted((error["code"], error.get("taskUUID")) for error in errors) == sorted(
+        [("invalidDeliveryMethod", bad["taskUUID"]), ("invalidTask", None)])
+    [answer] = [frame["data"][0] for frame in frames if "data" in frame]
+    assert answer["taskUUID"] == good["taskUUID"] and answer["text"]
+
+
 def test_ws_auth_errors_carry_the_authentication_task_type(serve: Callable[..., LiveServer], png: str) -> None:
     server = serve(api_key=KEY)
     with connect(server.ws, open_timeout=10) as socket:

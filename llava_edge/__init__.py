@@ -2,6 +2,7 @@
 
 from . import errors
 from .api import Captioner, CaptionResult, caption, run_task
+from .batch import caption_many
 from .download import download_model
 from .generation import GenerationOptions, RuntimeOptions, Timings
 from .registry import ModelFiles, ModelSpec, available_models
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "available_models",
     "caption",
+    "caption_many",
     "download_model",
     "errors",
     "run_task",

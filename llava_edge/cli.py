@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import wraps
 from typing import Any, TypeVar
@@ -53,18 +56,25 @@ def runtime_options(function: F) -> F:
     return function
 
 
-def load_captioner(options: dict[str, Any]) -> Any:
-    """A Captioner built from the shared runtime options of a command."""
-    from .api import Captioner
-    from .runtime import RuntimeOptions
+def captioner_config(options: dict[str, Any], **runtime_changes: Any) -> dict[str, Any]:
+    """Captioner keyword arguments from the shared runtime options of a command (plus RuntimeOptions changes)."""
+    from .generation import RuntimeOptions
 
     runtime = RuntimeOptions(
-        device=options["device"], n_ctx=options["n_ctx"], threads=options["threads"], threads_batch=options["threads"]
+        device=options["device"], n_ctx=options["n_ctx"], threads=options["threads"], threads_batch=options["threads"],
+        **runtime_changes,
     )
-    return Captioner(
-        options["model"], model_path=options["model_path"], mmproj_path=options["mmproj_path"], runtime=runtime,
-        offline=options["offline"], registry=options.get("registry"),
-    )
+    return {
+        "model": options["model"], "model_path": options["model_path"], "mmproj_path": options["mmproj_path"],
+        "runtime": runtime, "offline": options["offline"], "registry": options.get("registry"),
+    }
+
+
+def load_captioner(options: dict[str, Any], **runtime_changes: Any) -> Any:
+    """A Captioner built from the shared runtime options of a command."""
+    from .api import Captioner
+
+    return Captioner(**captioner_config(options, **runtime_changes))
 
 
 @click.group()
@@ -81,39 +91,89 @@ def main() -> None:
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None)
 @click.option("--seed", type=click.IntRange(0), default=None)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image, with timings.")
+@click.option("--recursive", "-r", is_flag=True, help="Include the subfolders of folders (and ** in globs).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Append one record per image to this JSONL or CSV file; run again to resume.")
+@click.option("--format", "out_format", type=click.Choice(["jsonl", "csv"]), default=None,
+              help="Format of --out (default: csv for a .csv file, else jsonl).")
+@click.option("--sidecar", is_flag=True, help="Write each caption to a .txt file beside its image.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Caption on a Ray cluster: auto, local, or its address (needs llava-edge[ray]).")
 @runtime_options
 @_user_errors
 def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens: int | None,
-            temperature: float | None, seed: int | None, as_json: bool, **options: Any) -> None:
-    """Caption IMAGES (paths, URLs, data URIs)."""
-    from dataclasses import replace
+            temperature: float | None, seed: int | None, as_json: bool, recursive: bool, out: str | None,
+            out_format: str | None, sidecar: bool, ray_address: str | None, **options: Any) -> None:
+    """Caption IMAGES: files, folders, globs, URLs or data URIs.
 
-    captioner = load_captioner(options)
+    With --out or --sidecar, captions go to files with a progress bar, a bad image becomes an error record,
+    and running the same command again skips the images already done.
+    """
+    from .batch import discover_images
+    from .batch_output import open_sinks
+    from .generation import GenerationOptions
+
+    found = discover_images(images, recursive=recursive)
+    if not found:
+        raise click.UsageError(f"No images found in {', '.join(images)}.")
     changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v is not None}
-    generation = replace(captioner.generation, **changes)
-    failures = 0
-    for image in images:
-        try:
-            result = captioner.describe(image, prompt, detail=detail, options=generation)
-        except LlavaEdgeError as err:
-            failures += 1
-            _emit_error(image, err, as_json)
-            continue
-        if as_json:
-            click.echo(json.dumps({"image": image, "text": result.text, "model": result.model,
-                                   "finishReason": result.finish_reason, "timings": asdict(result.timings)}))
-        else:
-            click.echo(result.text if len(images) == 1 else f"{image}: {result.text}")
-    captioner.close()
-    if failures:
+    job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes)}
+    to_files = out is not None or sidecar
+    with _sigterm_interrupts(), open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
+                                           as_json=as_json) as sinks:
+        summary = _caption_all(found, sinks, ray_address, job, options, progress=None if to_files else False)
+    if to_files:
+        _report(summary)
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.failed:
         sys.exit(1)
 
 
-def _emit_error(image: str, err: LlavaEdgeError, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"image": image, "error": err.to_runware()}))
-    else:
-        click.echo(f"{image}: error: {err} [{err.code}]", err=True)
+def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dict[str, Any],
+                 options: dict[str, Any], progress: bool | None) -> Any:
+    """Caption on Ray, or here with the model loaded once (image-prefix cache off: each image is new)."""
+    if ray_address is not None:
+        from .ray_data import caption_on_ray, import_ray
+
+        try:
+            import_ray()
+        except ImportError as err:
+            raise click.ClickException(str(err)) from err
+        return caption_on_ray(found, sinks, address=ray_address, progress=progress, **job,
+                              gpus_per_actor=1 if options["device"] == "cuda" else 0,
+                              **captioner_config(options, prefix_cache_bytes=0))
+    from .batch import caption_many, run_batch
+
+    with load_captioner(options, prefix_cache_bytes=0) as captioner:
+        records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"],
+                               options=job["generation"], skip=sinks.done)
+        return run_batch(records, sinks, total=len(found), progress=progress)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a run like Ctrl-C: the records written so far are complete and synced."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _report(summary: Any) -> None:
+    state = "Interrupted" if summary.interrupted else "Done"
+    click.echo(f"{state}: {summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done "
+               f"({summary.elapsed_s:.1f} s, {summary.images_per_s:.2f} images/s).", err=True)
+    if summary.interrupted:
+        click.echo("Run the same command again to resume.", err=True)
 
 
 @main.command()
@@ -276,8 +336,9 @@ def bench(model: str, suite: str, only: tuple[str, ...], sizes: tuple[str, ...],
     configs = [config for config in configs if not only or config.name in only]
     if not configs:
         raise click.BadParameter("--only matched no configuration of the suite.")
-    report = run_benchmark(configs, anchor=anchor, measure_bandwidth=not no_bandwidth,
-                           progress=lambda line: click.echo(line, err=True))
     stem = name or f"{model}-{suite}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    report = run_benchmark(configs, anchor=anchor, measure_bandwidth=not no_bandwidth,
+                           progress=lambda line: click.echo(line, err=True),
+                           on_result=lambda partial: write_outputs(partial, out, stem))  # keep what finished
     for kind, path in write_outputs(report, out, stem).items():
         click.echo(f"{kind}: {path}")

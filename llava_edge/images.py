@@ -183,7 +183,7 @@ def _read_path(path: Path, limits: ImageLimits) -> bytes:
 def _fetch(url: str, limits: ImageLimits) -> bytes:
     try:
         body, content_type = fetch_bytes(url, limits.transfer)
-    except TransferError as err:
+    except (TransferError, ValueError) as err:  # ValueError: a malformed URL ("http://[", "http://h:abc/")
         raise InvalidImageError(f"Could not fetch the image at {url[:200]}: {err}.") from err
     if content_type.startswith("text/"):
         raise InvalidImageError(

@@ -133,6 +133,21 @@ def _capitalised(name: str) -> str:
     return name[0].upper() + name[1:]
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never echoes a huge input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_utf8(text: str) -> bool:
+    """False for strings with lone surrogates (``"\\ud800"`` is valid JSON, but no UTF-8 text can hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Fields:
     """Reads fields of one raw task; each failure raises with the task's identity attached."""
 
@@ -156,7 +171,7 @@ class _Fields:
             raise self.fail("taskType is required: use \"caption\".", "missingTaskType", "taskType")
         if value not in CAPTION_TASK_TYPES:
             raise self.fail(
-                f"taskType must be \"caption\" (or the legacy \"imageCaption\"), got {value!r}.",
+                f"taskType must be \"caption\" (or the legacy \"imageCaption\"), got {_shown(value)}.",
                 "invalidTaskType",
                 "taskType",
             )
@@ -169,16 +184,16 @@ class _Fields:
         if not is_uuid4(value):
             self.uuid_value = None
             raise self.fail(
-                f"taskUUID must be a UUID v4 string such as {uuid.uuid4()}, got {value!r}.",
+                f"taskUUID must be a UUID v4 string such as {uuid.uuid4()}, got {_shown(value)}.",
                 "invalidTaskUUID",
                 "taskUUID",
             )
 
     def reject_unknown(self) -> None:
-        unknown = sorted(key for key in self.payload if key not in _KNOWN_FIELDS)
+        unknown = sorted(str(key) for key in self.payload if key not in _KNOWN_FIELDS)
         if unknown:
             raise self.fail(
-                f"Unknown parameter {unknown[0]!r} for a caption task. Known parameters: "
+                f"Unknown parameter {_shown(unknown[0])} for a caption task. Known parameters: "
                 f"{', '.join(sorted(_KNOWN_FIELDS))}.",
                 "unsupportedParameter",
                 unknown[0],
@@ -242,8 +257,8 @@ class _Fields:
             value = "\n".join(value)  # the legacy SDK types prompt as List[str]
         if value is None:
             return DEFAULT_PROMPT
-        if not isinstance(value, str):
-            raise self.fail(f"{parameter} must be a string.", "invalidPrompt", parameter)
+        if not isinstance(value, str) or not _is_utf8(value):
+            raise self.fail(f"{parameter} must be a string of UTF-8 text.", "invalidPrompt", parameter)
         if not value.strip():
             return DEFAULT_PROMPT
         if len(value) > MAX_PROMPT_CHARS:
@@ -258,7 +273,8 @@ class _Fields:
         key = value.lower() if fold_case and isinstance(value, str) else value
         if not isinstance(key, str) or key not in lookup:
             raise self.fail(
-                f"{name} must be one of {', '.join(allowed)}; got {value!r}.", f"invalid{_capitalised(name)}", name
+                f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}.", f"invalid{_capitalised(name)}",
+                name,
             )
         return lookup[key]
 
@@ -266,15 +282,20 @@ class _Fields:
         value = self.payload.get(name)
         if value is None:
             return None
-        parts = urlsplit(value) if isinstance(value, str) else None
+        try:
+            parts = urlsplit(value) if isinstance(value, str) else None
+        except ValueError:  # "http://[" and other malformed netlocs
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise self.fail(f"{name} must be an http(s) URL, got {value!r}.", f"invalid{_capitalised(name)}", name)
+            raise self.fail(
+                f"{name} must be an http(s) URL, got {_shown(value)}.", f"invalid{_capitalised(name)}", name
+            )
         return str(value)
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.payload.get(name, default)
         if not isinstance(value, bool):
-            raise self.fail(f"{name} must be true or false, got {value!r}.", f"invalid{_capitalised(name)}", name)
+            raise self.fail(f"{name} must be true or false, got {_shown(value)}.", f"invalid{_capitalised(name)}", name)
         return value
 
     def integer(self, name: str, low: int, high: int | None, *, default: int | None) -> Any:
@@ -284,18 +305,23 @@ class _Fields:
         in_range = isinstance(value, int) and not isinstance(value, bool) and value >= low
         if not in_range or (high is not None and value > high):
             bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise self.fail(f"{name} must be an integer {bounds}, got {value!r}.", f"invalid{_capitalised(name)}", name)
+            raise self.fail(
+                f"{name} must be an integer {bounds}, got {_shown(value)}.", f"invalid{_capitalised(name)}", name
+            )
         return value
 
     def number(self, name: str, low: float, high: float, *, exclusive_low: bool = False) -> float | None:
         value = self.payload.get(name)
         if value is None:
             return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (isinstance(value, int) or math.isfinite(value))  # isfinite(10**400) would raise OverflowError
         ok = ok and (value > low if exclusive_low else value >= low) and value <= high
         if not ok:
             opener = "(" if exclusive_low else "["
             raise self.fail(
-                f"{name} must be a number in {opener}{low}, {high}], got {value!r}.", f"invalid{_capitalised(name)}", name
+                f"{name} must be a number in {opener}{low}, {high}], got {_shown(value)}.",
+                f"invalid{_capitalised(name)}",
+                name,
             )
         return float(value)

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,8 +23,8 @@ from tqdm.auto import tqdm
 
 from .api import Captioner
 from .errors import LlavaEdgeError
-from .images import ImageInput, ImageLimits, read_image_bytes
 from .generation import GenerationOptions, RuntimeOptions, Timings
+from .images import ImageInput, ImageLimits, read_image_bytes
 from .schema import RESPONSE_TASK_TYPE, caption_response
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
@@ -180,7 +181,8 @@ def caption_many(
 
 
 def run_batch(
-    records: Iterable[BatchRecord], sink: Sink, *, total: int, progress: bool | None = None
+    records: Iterable[BatchRecord], sink: Sink, *, total: int, progress: bool | None = None,
+    stop: threading.Event | None = None,
 ) -> BatchSummary:
     """Write records to ``sink`` as they come, with a progress bar, until done or interrupted.
 
@@ -188,6 +190,7 @@ def run_batch(
         records: from ``caption_many`` or a Ray dataset.
         total: how many records to expect (for the bar's ETA; skipped ones are taken off).
         progress: show the bar; ``None`` shows it only when stderr is a terminal.
+        stop: once set (by a signal handler, say), the run ends after the record in hand.
     """
     summary = BatchSummary()
     started = time.perf_counter()
@@ -202,6 +205,9 @@ def run_batch(
                 sink.write(record)
                 bar.set_postfix(failed=summary.failed, refresh=False)
                 bar.update()
+                if stop is not None and stop.is_set():
+                    summary.interrupted = True
+                    break
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.elapsed_s = time.perf_counter() - started

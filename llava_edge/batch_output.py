@@ -363,7 +363,9 @@ def _lock(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OutputFileError(f"Another llava-edge run is writing to {path}. Wait for it, or use another --out.") from None
+        raise OutputFileError(
+            f"Another llava-edge run is writing to {path}. Wait for it, or use another --out."
+        ) from None
 
 
 def _fsync_directory(directory: Path) -> None:

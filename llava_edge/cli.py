@@ -119,9 +119,10 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
     changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v is not None}
     job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes)}
     to_files = out is not None or sidecar
-    with _sigterm_interrupts(), open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
-                                           as_json=as_json) as sinks:
-        summary = _caption_all(found, sinks, ray_address, job, options, progress=None if to_files else False)
+    with _stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
+                                                as_json=as_json) as sinks:
+        summary = _caption_all(found, sinks, ray_address, job, options, progress=None if to_files else False,
+                               stop=stop)
     if to_files:
         _report(summary)
     if summary.interrupted:
@@ -131,7 +132,7 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
 
 
 def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dict[str, Any],
-                 options: dict[str, Any], progress: bool | None) -> Any:
+                 options: dict[str, Any], progress: bool | None, stop: threading.Event) -> Any:
     """Caption on Ray, or here with the model loaded once (image-prefix cache off: each image is new)."""
     if ray_address is not None:
         from .ray_data import caption_on_ray, import_ray
@@ -140,7 +141,7 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
             import_ray()
         except ImportError as err:
             raise click.ClickException(str(err)) from err
-        return caption_on_ray(found, sinks, address=ray_address, progress=progress, **job,
+        return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **job,
                               gpus_per_actor=1 if options["device"] == "cuda" else 0,
                               **captioner_config(options, prefix_cache_bytes=0))
     from .batch import caption_many, run_batch
@@ -148,24 +149,30 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
     with load_captioner(options, prefix_cache_bytes=0) as captioner:
         records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"],
                                options=job["generation"], skip=sinks.done)
-        return run_batch(records, sinks, total=len(found), progress=progress)
+        return run_batch(records, sinks, total=len(found), progress=progress, stop=stop)
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops a run like Ctrl-C: the records written so far are complete and synced."""
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM ends a run after the image in hand, every record written complete and synced;
+    a second one ends the process at once. (A handler that raises could fire inside llama.cpp's log
+    callback, where ctypes swallows the exception.)"""
+    stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+
+    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _report(summary: Any) -> None:

@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import ImageFactory
 from PIL import Image
 
-from conftest import ImageFactory
 from llava_edge import Captioner, GenerationOptions, caption_many
 from llava_edge.batch import BatchRecord, ImageItem, discover_images, run_batch, task_uuid_for
 from llava_edge.batch_output import (

@@ -320,10 +320,12 @@ def _bench_runtime(repack: bool | None, flash_attn: bool | None, threads: int | 
 @click.option("--ubatch", type=click.IntRange(1), default=None, help="n_ubatch.")
 @click.option("--n-ctx", type=click.IntRange(512), default=None)
 @click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth measurement.")
+@click.option("--busy-cores", type=click.FloatRange(0), default=0.5, show_default=True,
+              help="Re-run a process once when other processes kept more cores than this busy during it.")
 @_user_errors
 def bench(model: str, suite: str, only: tuple[str, ...], sizes: tuple[str, ...], details: tuple[str, ...],
           runs: int, warmup: int, max_tokens: int, followup: bool, anchor: str | None, out: str, name: str | None,
-          no_bandwidth: bool, **settings: Any) -> None:
+          no_bandwidth: bool, busy_cores: float, **settings: Any) -> None:
     """Benchmark captioning per stage; write JSON, a markdown table and a PNG chart."""
     import time
 
@@ -346,6 +348,7 @@ def bench(model: str, suite: str, only: tuple[str, ...], sizes: tuple[str, ...],
     stem = name or f"{model}-{suite}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     report = run_benchmark(configs, anchor=anchor, measure_bandwidth=not no_bandwidth,
                            progress=lambda line: click.echo(line, err=True),
-                           on_result=lambda partial: write_outputs(partial, out, stem))  # keep what finished
+                           on_result=lambda partial: write_outputs(partial, out, stem),  # keep what finished
+                           busy_cores=busy_cores)
     for kind, path in write_outputs(report, out, stem).items():
         click.echo(f"{kind}: {path}")

@@ -109,7 +109,7 @@ def tiny_report() -> BenchReport:
         BenchConfig(LOW, image_size=(672, 336), detail="low", runs=1, warmup=0, max_tokens=4,
                     runtime={"flash_attn": True}),
     ]
-    return run_benchmark(configs, measure_bandwidth=False)
+    return run_benchmark(configs, measure_bandwidth=False, busy_cores=None)
 
 
 def test_every_stage_is_measured(tiny_report: BenchReport) -> None:
@@ -197,7 +197,7 @@ def test_sweep_changes_one_setting_at_a_time() -> None:
 def test_bench_command_writes_table_json_and_chart(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [
         "bench", "--model", "synthetic-tiny", "--image-size", "336x336", "--runs", "1", "--warmup", "0",
-        "--max-tokens", "2", "--no-bandwidth", "--flash-attn", "--out", str(tmp_path), "--name", "cli",
+        "--max-tokens", "2", "--no-bandwidth", "--busy-cores", "64", "--flash-attn", "--out", str(tmp_path), "--name", "cli",
     ])
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cli.json", "cli.md", "cli.png"]

@@ -106,7 +106,7 @@ def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "
 
 
 def run_server(captioner: Captioner, settings: ServerSettings) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM stop it gracefully and return normally).
+    """Serve until interrupted: Ctrl-C stops it gracefully (the running caption finishes) and returns.
 
     Raises:
         ServerConfigError: unsafe settings (checked before binding).
@@ -186,7 +186,8 @@ def _envelope(outcomes: list[Outcome]) -> Response:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
     headers = {"Retry-After": "2"} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
+    return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 def parse_task_array(body: bytes | str, settings: ServerSettings) -> list[Any]:

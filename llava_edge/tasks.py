@@ -230,7 +230,7 @@ def _require_task_uuid(raw: dict[str, Any]) -> str:
     value = raw.get("taskUUID")
     if not is_uuid4(value):
         code = "missingTaskUUID" if value is None else "invalidTaskUUID"
-        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {value!r}.", code=code,
+        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {str(value)[:80]!r}.", code=code,
                                   parameter="taskUUID")
     return str(value)
 
@@ -243,5 +243,5 @@ def _unknown_task(raw: Any, task_type: str | None) -> InvalidRequestError:
     if task_type is None:
         return InvalidRequestError(f"taskType is required; this server knows {known}.", code="missingTaskType",
                                    parameter="taskType")
-    return InvalidRequestError(f"Unsupported taskType {task_type!r}; this server knows {known}.",
+    return InvalidRequestError(f"Unsupported taskType {task_type[:80]!r}; this server knows {known}.",
                                code="unsupportedTaskType", parameter="taskType")

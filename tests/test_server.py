@@ -169,6 +169,15 @@ def test_rest_invalid_json_and_body_cap(serve: Callable[..., LiveServer], png: s
     assert chunked.status_code == 413
 
 
+def test_rest_echoes_lone_surrogates_safely(serve: Callable[..., LiveServer]) -> None:
+    body = b'[{"taskType": "caption\\ud800", "taskUUID": "\\udfff"}, {"taskType": "ping"}]'
+    response = httpx.post(f"{serve().http}/v1", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["errors"][0] | {"message": ""} == {
+        "code": "unsupportedTaskType", "message": "", "parameter": "taskType", "taskType": "caption\ud800",
+        "taskUUID": "\udfff"}
+
+
 def test_rest_root_path_also_answers(serve: Callable[..., LiveServer]) -> None:
     server = serve()
     assert httpx.post(f"{server.http}/", json=[{"taskType": "ping"}]).json()["data"][0]["pong"] is True

@@ -12,7 +12,9 @@ import binascii
 import io
 import os
 import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 _DATA_URI = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 ImageInput = Any
 """``str | bytes | os.PathLike | PIL.Image.Image``."""
@@ -91,6 +94,8 @@ def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, WEBP, GIF, BMP) into RGB, within the pixel limit."""
     if not data:
         raise InvalidImageError("The image is empty (0 bytes).")
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_crcs(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -135,6 +140,24 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     low, high = float(values.min()), float(values.max())
     scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def _check_png_crcs(data: bytes) -> None:
+    """Refuse a PNG whose critical chunk (IHDR, PLTE, IDAT, IEND) fails its CRC, as libpng does. Pillow skips
+    IDAT's CRC, so flipped bits in the pixel data would otherwise decode to garbage. Truncation is left to Pillow."""
+    view, pos = memoryview(data), len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            return
+        if kind[:1].isupper() and zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise InvalidImageError(
+                f"The PNG is corrupt: its {kind.decode('latin-1')!r} chunk at byte {pos} fails its CRC check."
+            )
+        if kind == b"IEND":
+            return
+        pos = end
 
 
 def _check_format(image: Image.Image) -> None:

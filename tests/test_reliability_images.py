@@ -8,7 +8,6 @@ base64 and media types, HTML served as an image, servers that never answer, tric
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import subprocess
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
-
 from conftest import ImageFactory, data_uri
+from test_images import _Routes
+
 from llava_edge.errors import InvalidImageError
 from llava_edge.images import ImageLimits, load_image
 from llava_edge.remote import TransferLimits
-from test_images import _Routes
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 CLEAR_CODES = ("invalidInputsImage", "unsupportedImageFormat")
@@ -230,7 +228,7 @@ def test_data_uri_media_type_is_a_hint_the_bytes_decide(make_image: ImageFactory
 class _HostileRoutes(_Routes):
     """test_images' routes plus servers that lie, stall, trickle or loop."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+    def do_GET(self) -> None:
         if self.path == "/html-as-png":
             return self._answer(b"<html><body>Sign in to view this image</body></html>", "image/png")
         if self.path == "/claims-10GB":

@@ -13,8 +13,8 @@ import os
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
-import base64  # noqa: E402 (after the environment above)
-import io  # noqa: E402
+import base64
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

@@ -113,6 +113,15 @@ def test_sidecars_only_resume_and_errors_go_to_stderr(folder: Path) -> None:
     assert (folder / "img02.txt").read_text() == caption
 
 
+def test_ray_without_the_extra_says_how_to_install_it(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    result = CliRunner().invoke(main, ["caption", str(folder), "--out", str(tmp_path / "c.jsonl"), "--ray", "auto",
+                                       *TINY])
+    assert result.exit_code == 1 and 'pip install "llava-edge[ray]"' in result.stderr
+
+
 def test_an_empty_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["caption", str(tmp_path), "--out", str(tmp_path / "c.jsonl"), *TINY])
     assert result.exit_code == 2 and "No images found" in result.output

@@ -116,9 +116,10 @@ def is_uuid4(value: Any) -> bool:
     if not isinstance(value, str) or len(value) != 36:
         return False
     try:
-        return uuid.UUID(value).version == 4
+        parsed = uuid.UUID(value)
     except ValueError:
         return False
+    return parsed.version == 4 and str(parsed) == value.lower()  # uuid.UUID also takes hyphens anywhere
 
 
 def task_identity(payload: Any) -> tuple[str | None, str | None]:

@@ -1,25 +1,21 @@
 """Check a LLaVA-1.6 GGUF model pair before llama.cpp loads it, so a bad file is a ``ModelFileError``.
 
-llama.cpp (llama-cpp-python 0.3.36) refuses most broken files by returning NULL with no reason the
-caller can show, and it accepts some that it later crashes or hangs on. Measured on the tiny synthetic
-pair:
+What llama.cpp (llama-cpp-python 0.3.36) does on its own, measured on the tiny synthetic pair: truncated,
+empty or non-GGUF files, missing keys, swapped files or a projector of the wrong width fail to load with
+no reason to show; a llama model relabelled ``qwen2`` loads and captions gibberish; an mmproj whose head
+count does not divide its width, whose patch size does not divide its image size, or whose position
+table is smaller than its patch grid loads, then ``GGML_ASSERT`` aborts the process at the first image
+(with ``clip.vision.image_size = 0`` the first image hangs).
 
-* truncated, empty or non-GGUF files, missing keys, swapped files, a projector of the wrong width:
-  the load fails (NULL) and the user learns only that it failed;
-* a llama model relabelled as another architecture (``qwen2``): it loads and captions gibberish;
-* an mmproj whose head count does not divide its width, whose patch size does not divide its image
-  size, or whose position table is smaller than its patch grid: it loads, then ``GGML_ASSERT`` aborts
-  the whole process at the first image; with ``clip.vision.image_size = 0`` the first image hangs.
-
-``check_model_pair`` reads both headers (keys and the tensor table, never tensor data) and checks
-them against what llama.cpp needs and what LLaVA-1.6 is. It does not use ``gguf.GGUFReader``: that
-builds a numpy view per array element (2.6 s and about 90 MB for a 32,000-token vocabulary) and
-spins practically forever when a corrupt array length points past the end of the file. The walk
-here takes gguf's constants, keeps only short arrays, and bounds every length by the file size.
+``check_model_pair`` reads both headers (keys and tensor table, never tensor data). Not with
+``gguf.GGUFReader``: it builds a numpy view per array element (2.6 s and ~90 MB for a 32,000-token
+vocabulary) and spins practically forever on a corrupt array length. The walk here uses gguf's
+constants, keeps only short arrays, and bounds every length by the file size.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -33,13 +29,30 @@ from .errors import ModelFileError
 
 TEXT_ARCH = "llama"
 VISION_ARCH = "clip"
-PROJECTOR_TYPES = ("mlp",)
-"""LLaVA-1.6's projector: two linear layers with a GELU (``mm.0``, ``mm.2``)."""
-GGUF_VERSIONS = (2, 3)
-"""The GGUF versions llama.cpp reads (v1 was dropped long ago)."""
+PROJECTOR_TYPES = ("mlp",)  # LLaVA-1.6's projector: two linear layers with a GELU (mm.0, mm.2)
+GGUF_VERSIONS = (2, 3)  # what llama.cpp reads (v1 was dropped long ago)
 
-TEXT_ROLE = "text model"
-MMPROJ_ROLE = "vision projector (mmproj)"
+TEXT_ROLE, MMPROJ_ROLE = "text model", "vision projector (mmproj)"
+
+
+@dataclass(frozen=True)
+class _Role:
+    """Which file of the pair is being checked; what it is when swapped, and what to use instead."""
+
+    name: str
+    arch: str
+    other_arch: str
+    is_other: str
+    pass_instead: str
+    use_instead: str
+
+
+_TEXT = _Role(TEXT_ROLE, TEXT_ARCH, VISION_ARCH, "is a CLIP vision projector (an mmproj), not a text model",
+              "pass the large llama GGUF as the model",
+              "LLaVA-1.6-Mistral's text model is a llama-architecture GGUF; use the one published with it.")
+_MMPROJ = _Role(MMPROJ_ROLE, VISION_ARCH, TEXT_ARCH, "is a llama text model, not a vision projector",
+                "pass the smaller clip GGUF as the mmproj",
+                "Use the mmproj (clip) GGUF published with LLaVA-1.6-Mistral.")
 
 _TEXT_KEYS = (
     "llama.context_length", "llama.embedding_length", "llama.block_count", "llama.feed_forward_length",
@@ -58,9 +71,7 @@ _SCALARS = {
 }
 _SHORT_ARRAY = 64
 """Arrays up to this length are kept (pinpoints, image mean/std); longer ones only counted (vocabularies)."""
-_MAX_DIMS = 4
-_MIN_KV_BYTES = 8 + 4 + 1
-_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+_MAX_DIMS, _MIN_KV_BYTES, _MIN_TENSOR_INFO_BYTES = 4, 8 + 4 + 1, 8 + 4 + 4 + 8  # ggml's rank; smallest entries
 _REDOWNLOAD = "Delete it and download it again (llava-edge models pull), or use the file published with the model."
 
 
@@ -76,7 +87,6 @@ class ArrayInfo:
 class TensorInfo:
     """One entry of the tensor table."""
 
-    name: str
     shape: tuple[int, ...]
     """GGUF ``ne`` order: the fastest-varying dimension first (a linear layer is ``(n_in, n_out)``)."""
     type_name: str
@@ -107,9 +117,8 @@ class GGUFHeader:
 
 
 def check_model_pair(model_path: str | os.PathLike[str], mmproj_path: str | os.PathLike[str]) -> None:
-    """Check that two files are a LLaVA-1.6 text model and its mmproj that llama.cpp can load safely.
-
-    Reads only headers (a few MB at most, even for a 4 GB model); tensor data is never read.
+    """Check that two files are a LLaVA-1.6 text model and its mmproj that llama.cpp can load safely, reading only
+    their headers (a few MB at most, even for a 4 GB model; tensor data is never read).
 
     Raises:
         ModelFileError: naming the file, what is wrong with it, and what to do.
@@ -128,14 +137,7 @@ def check_model_pair(model_path: str | os.PathLike[str], mmproj_path: str | os.P
 
 def check_text_model(path: str | os.PathLike[str]) -> GGUFHeader:
     """Check one file as the LLaVA-1.6 text model (``llama`` architecture) and return its header."""
-    header = _read_complete(Path(path), TEXT_ROLE)
-    arch = header.architecture
-    if arch == VISION_ARCH:
-        raise _problem(TEXT_ROLE, header.path, "is a CLIP vision projector (an mmproj), not a text model",
-                       "model_path and mmproj_path look swapped: pass the large llama GGUF as the model.")
-    if arch != TEXT_ARCH:
-        raise _problem(TEXT_ROLE, header.path, f"has architecture {arch!r}, not {TEXT_ARCH!r}",
-                       "LLaVA-1.6-Mistral's text model is a llama-architecture GGUF; use the one published with it.")
+    header = _read_as(path, _TEXT)
     _require_keys(header, TEXT_ROLE, _TEXT_KEYS)
     width = _positive_int(header, TEXT_ROLE, "llama.embedding_length")
     _positive_int(header, TEXT_ROLE, "llama.block_count")
@@ -147,19 +149,11 @@ def check_text_model(path: str | os.PathLike[str]) -> GGUFHeader:
 
 def check_mmproj(path: str | os.PathLike[str]) -> GGUFHeader:
     """Check one file as a LLaVA-1.6 mmproj (``clip`` with a vision encoder and an MLP projector)."""
-    header = _read_complete(Path(path), MMPROJ_ROLE)
-    arch = header.architecture
-    if arch == TEXT_ARCH:
-        raise _problem(MMPROJ_ROLE, header.path, "is a llama text model, not a vision projector",
-                       "model_path and mmproj_path look swapped: pass the smaller clip GGUF as the mmproj.")
-    if arch != VISION_ARCH:
-        raise _problem(MMPROJ_ROLE, header.path, f"has architecture {arch!r}, not {VISION_ARCH!r}",
-                       "Use the mmproj (clip) GGUF published with LLaVA-1.6-Mistral.")
+    header = _read_as(path, _MMPROJ)
     if header.metadata.get("clip.has_vision_encoder") is not True:
         raise _problem(MMPROJ_ROLE, header.path, "has no vision encoder (clip.has_vision_encoder is not true)",
                        "Use the mmproj published with LLaVA-1.6-Mistral.")
-    metadata = header.metadata
-    projector = metadata.get("clip.projector_type", metadata.get("clip.vision.projector_type"))
+    projector = header.metadata.get("clip.projector_type", header.metadata.get("clip.vision.projector_type"))
     if projector not in PROJECTOR_TYPES:
         raise _problem(MMPROJ_ROLE, header.path, f"has projector type {projector!r}, not 'mlp' as LLaVA-1.6 uses",
                        "It belongs to another model family; use the mmproj published with LLaVA-1.6-Mistral.")
@@ -178,8 +172,7 @@ def read_header(path: str | os.PathLike[str], role: str = "model file") -> GGUFH
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"No {role} file at {path}. Check the path, or download the model again.")
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         raise _problem(role, path, "is empty (0 bytes)", "The download did not finish. " + _REDOWNLOAD)
     try:
         with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
@@ -192,6 +185,18 @@ def read_header(path: str | os.PathLike[str], role: str = "model file") -> GGUFH
 
 
 # --- checks ----------------------------------------------------------------------------------------
+
+
+def _read_as(path: str | os.PathLike[str], role: _Role) -> GGUFHeader:
+    """The header of a complete file of the role's architecture; a swapped pair is named as such."""
+    header = _read_complete(Path(path), role.name)
+    arch = header.architecture
+    if arch == role.other_arch:
+        raise _problem(role.name, header.path, role.is_other,
+                       f"model_path and mmproj_path look swapped: {role.pass_instead}.")
+    if arch != role.arch:
+        raise _problem(role.name, header.path, f"has architecture {arch!r}, not {role.arch!r}", role.use_instead)
+    return header
 
 
 def _read_complete(path: Path, role: str) -> GGUFHeader:
@@ -379,8 +384,7 @@ def _value_type(raw: int, key: str) -> GGUFValueType:
         raise _Corrupt(f"is corrupt: {key!r} has the unknown value type {raw}") from None
 
 
-_TableEntry = tuple[str, tuple[int, ...], int, int]
-"""A raw tensor-table entry: name, shape, ggml type id, offset within the data section."""
+_TableEntry = tuple[str, tuple[int, ...], int, int]  # name, shape, ggml type id, offset in the data section
 
 
 def _tensor_table(table: list[_TableEntry], data_start: int, alignment: int) -> dict[str, TensorInfo]:
@@ -393,8 +397,6 @@ def _tensor_table(table: list[_TableEntry], data_start: int, alignment: int) -> 
             raise _Corrupt(f"is corrupt: tensor {name!r} has the unknown type {raw_type}") from None
         if name in tensors or shape[0] % block or offset % alignment:
             raise _Corrupt(f"is corrupt: tensor {name!r} is repeated, misaligned or has a bad shape {shape}")
-        n_elements = 1
-        for dim in shape:
-            n_elements *= dim
-        tensors[name] = TensorInfo(name, shape, ggml_type.name, data_start + offset, n_elements // block * type_size)
+        nbytes = math.prod(shape) // block * type_size
+        tensors[name] = TensorInfo(shape, ggml_type.name, data_start + offset, nbytes)
     return tensors

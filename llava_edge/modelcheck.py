@@ -278,6 +278,8 @@ def _check_magic(buffer: mmap.mmap, role: str, path: Path) -> None:
         raise _problem(role, path, "is a Git LFS pointer, not the model",
                        "Fetch the real file with `git lfs pull`, or download it with llava-edge models pull.")
     hint = " (it looks like a web page: a failed download saved an error page)" if start.lstrip()[:1] == b"<" else ""
+    if not start.strip(b"\0"):  # llama.cpp's quantizer writes the header last; some downloaders preallocate
+        hint = " (it begins with zeros: it is still being written, or a download preallocated it and stopped)"
     raise _problem(role, path, f"is not a GGUF file{hint}: it starts with {start[:16]!r}", _REDOWNLOAD)
 
 

@@ -129,6 +129,7 @@ def test_truncated_inside_the_header(tiny_files: ModelFiles, tmp_path: Path) -> 
         (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "looks like a web page"),
         (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 4368439584\n", "Git LFS pointer"),
         (b"GGU", "is not a GGUF file"),
+        (b"\0" * 4096, "begins with zeros: it is still being written"),
     ],
 )
 def test_not_a_gguf_file(tiny_files: ModelFiles, tmp_path: Path, content: bytes, fragment: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from .api import Captioner
 from .errors import LlavaEdgeError
@@ -274,7 +274,7 @@ def _expand(source: str, recursive: bool) -> list[str]:
 
 
 def _walk(root: str, recursive: bool) -> list[str]:
-    found = []
+    found: list[str] = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) if recursive else []
         found.extend(os.path.normpath(os.path.join(folder, name)) for name in sorted(files) if _is_image_name(name))

@@ -113,6 +113,8 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
     from .batch_output import open_sinks
     from .generation import GenerationOptions
 
+    if out_format is not None and out is None:
+        raise click.UsageError("--format is the format of --out; give --out too.")
     found = discover_images(images, recursive=recursive)
     if not found:
         raise click.UsageError(f"No images found in {', '.join(images)}.")

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from .batch import BATCH_RUNTIME, BatchRecord, BatchSummary, ImageItem, Sink, caption_many, item_digest, run_batch
@@ -122,7 +123,7 @@ def caption_on_ray(
         caption_options: for ``caption_dataset`` (``model``, ``prompt``, ``detail``, ``generation``, ...).
     """
     ray = import_ray()
-    pending = [image for image in images if not sink.done(image, lambda image=image: item_digest(_item(image)))]
+    pending = [image for image in images if not sink.done(image, partial(item_digest, _item(image)))]
     skipped = len(images) - len(pending)
     connected_here = not ray.is_initialized()
     if connected_here and pending:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
 from conftest import ImageFactory
-from PIL import Image
 
 from llava_edge import Captioner, GenerationOptions, caption_many
 from llava_edge.batch import BatchRecord, ImageItem, discover_images, run_batch, task_uuid_for
@@ -41,8 +42,7 @@ def library(tmp_path: Path, make_image: ImageFactory) -> dict[str, Path]:
     }
     for name, data in files.items():
         (root / name).write_bytes(data)
-    large = Image.new("L", (7000, 6000))  # 42 Mpx: over the 40 Mpx limit, refused before decoding
-    large.save(root / "huge.png")
+    (root / "huge.png").write_bytes(_png_claiming(7000, 6000, files["a.png"]))  # 42 Mpx: over the 40 Mpx limit
     (root / "notes.txt").write_text("not an image")
     (root / ".hidden.png").write_bytes(files["a.png"])
     return {name: root / name for name in [*files, "huge.png"]}
@@ -81,6 +81,7 @@ def test_caption_many_captions_good_images_once_and_records_bad_ones(
         record = by_name[name]
         assert not record.ok and record.response is None and record.error is not None
         assert record.error["code"] == code and record.error["taskType"] == "imageCaption"
+    assert "42000000 pixels; the limit is 40000000" in by_name["huge.png"].error["message"]  # type: ignore[index]
     good = [record for record in records if record.ok]
     assert sorted(Path(record.image).name for record in good) == ["a.png", "b.jpg", "c.webp", "d.png"]
     for record in good:
@@ -213,6 +214,14 @@ def _error(image: str, sha256: str | None) -> BatchRecord:
     error = {"code": "invalidInputsImage", "message": "The image is corrupt.", "parameter": "inputs.image",
              "taskType": "imageCaption", "taskUUID": task_uuid_for(image, sha256 or "")}
     return BatchRecord(image, sha256, error=error)
+
+
+def _png_claiming(width: int, height: int, png: bytes) -> bytes:
+    """``png`` with its header saying ``width`` x ``height`` (a decompression bomb's header, tiny on disk)."""
+    data = bytearray(png)
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
 
 
 def _sha256(data: bytes) -> str:

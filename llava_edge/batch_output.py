@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from .batch import BatchRecord
-from .errors import LlavaEdgeError
+from .errors import OutputFileError
 
 FORMATS = ("jsonl", "csv")
 FSYNC_INTERVAL_S = 1.0
@@ -33,13 +33,6 @@ _Entry = tuple[tuple[str, str] | None, int]
 """A record found in a file: its resume key (``None`` when it does not parse) and the offset of its end."""
 _HEADER = ("", "")
 """The key of a good entry that is no record (the CSV header)."""
-
-
-class OutputFileError(LlavaEdgeError, ValueError):
-    """Raised when an output file cannot be used: corrupt before its end, of another format, or locked."""
-
-    code = "invalidOutputFile"
-    parameter = "out"
 
 
 class _AppendLog:

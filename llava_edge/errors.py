@@ -23,6 +23,7 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── ChecksumMismatchError             a downloaded file's size or sha256 is wrong
     │   └── InsufficientDiskError             not enough free disk for a download
     ├── InsufficientMemoryError               no variant fits in the available memory
+    ├── OutputFileError (ValueError)          a batch output file is corrupt, foreign or locked
     └── RuntimeBackendError                   llama.cpp failed to load or run
 """
 
@@ -187,6 +188,13 @@ class InsufficientMemoryError(LlavaEdgeError):
 
     code = "modelUnavailable"
     parameter = "model"
+
+
+class OutputFileError(LlavaEdgeError, ValueError):
+    """Raised when a batch output file cannot be used: corrupt before its end, of another format, or locked."""
+
+    code = "invalidOutputFile"
+    parameter = "out"
 
 
 class RuntimeBackendError(LlavaEdgeError):

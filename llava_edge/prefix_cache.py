@@ -33,6 +33,7 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory is not None else None
         self._entries: OrderedDict[str, PrefixState] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -40,7 +41,7 @@ class PrefixCache:
     @property
     def size(self) -> int:
         """Bytes held in memory."""
-        return sum(len(state.data) for state in self._entries.values())
+        return self._bytes
 
     def get(self, key: str) -> PrefixState | None:
         """The state for ``key`` from memory, else from disk; ``None`` when absent."""
@@ -67,14 +68,17 @@ class PrefixCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
 
     def _remember(self, key: str, state: PrefixState) -> None:
         if len(state.data) > self.max_bytes:
             return
+        previous = self._entries.pop(key, None)
+        self._bytes += len(state.data) - (len(previous.data) if previous else 0)
         self._entries[key] = state
-        self._entries.move_to_end(key)
-        while self.size > self.max_bytes:
-            self._entries.popitem(last=False)
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted.data)
 
     def _path(self, key: str) -> Path | None:
         return self.directory / f"{key}.kv" if self.directory is not None else None

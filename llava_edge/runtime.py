@@ -46,9 +46,25 @@ _QUANT_FTYPES = {
 }
 
 
+_interrupted = threading.Event()
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    _log.log(_LOG_LEVELS.get(level, logging.DEBUG), text.decode("utf-8", "replace").rstrip())
+    # An exception cannot cross the C callback: a Ctrl-C that lands here is remembered and re-raised
+    # by _raise_if_interrupted() once llama.cpp returns.
+    try:
+        python_level = _LOG_LEVELS.get(level, logging.DEBUG)
+        if _log.isEnabledFor(python_level):
+            _log.log(python_level, text.decode("utf-8", "replace").rstrip())
+    except KeyboardInterrupt:
+        _interrupted.set()
+
+
+def _raise_if_interrupted() -> None:
+    if _interrupted.is_set():
+        _interrupted.clear()
+        raise KeyboardInterrupt
 
 
 _backend_ready = False
@@ -84,6 +100,11 @@ class LlavaRuntime:
         self._marker = mtmd.mtmd_default_marker().decode()
         self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes, self.options.prefix_cache_dir)
         self._identity = _identity(files, self.options)
+        try:
+            _raise_if_interrupted()
+        except KeyboardInterrupt:
+            self.close()
+            raise
 
     @property
     def n_ctx(self) -> int:
@@ -145,6 +166,7 @@ class LlavaRuntime:
                 layout = tokenized.layout()
                 self._check_budget(layout, options.max_tokens)
                 stages = self._evaluate(tokenized)
+            _raise_if_interrupted()
             return _Decoder(self, options, started, stages, layout).run()
 
     def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
@@ -372,6 +394,7 @@ class _Decoder:
             batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)
             if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
                 raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
+            _raise_if_interrupted()
         return pieces, "length", first_token_at
 
 

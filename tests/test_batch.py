@@ -19,11 +19,11 @@ from llava_edge.batch_output import (
     CSV_COLUMNS,
     CsvWriter,
     JsonlWriter,
-    OutputFileError,
     SidecarWriter,
     open_sinks,
     sidecar_path,
 )
+from llava_edge.errors import OutputFileError
 from llava_edge.generation import Timings
 
 SHORT = GenerationOptions(max_tokens=4, seed=7)

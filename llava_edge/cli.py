@@ -218,14 +218,26 @@ def info(as_json: bool) -> None:
               help="Caption tasks waiting at most (default 32); more are answered serviceUnavailable.")
 @click.option("--result-ttl", type=click.IntRange(1), default=None,
               help="Seconds results stay available to getResponse when a task sets no ttl (default 3600).")
+@click.option("--allow-fetch-host", "fetch_hosts", metavar="HOST", multiple=True,
+              help="A host that image URLs, webhookURL and uploadEndpoint may name; repeat for more "
+                   "(default: any host).")
+@click.option("--no-fetch", is_flag=True,
+              help="Contact no host for a request: image URLs, webhooks and uploadEndpoint are all refused.")
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=None,
+              help="On SIGTERM or Ctrl-C, seconds accepted captions get to finish (default 20); then 5 s for "
+                   "pending webhooks.")
 @runtime_options
 @_user_errors
 def serve(host: str | None, port: int | None, api_key: str | None, max_queue: int | None, result_ttl: int | None,
-          **options: Any) -> None:
+          fetch_hosts: tuple[str, ...], no_fetch: bool, shutdown_timeout: float | None, **options: Any) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
-    from .server_settings import ServerSettings
+    from .server_settings import ServerSettings, normalise_host
 
-    given = {"host": host, "port": port, "api_key": api_key, "max_queue": max_queue, "result_ttl": result_ttl}
+    if no_fetch and fetch_hosts:
+        raise click.UsageError("--no-fetch forbids every host; leave out --allow-fetch-host.")
+    given = {"host": host, "port": port, "api_key": api_key, "max_queue": max_queue, "result_ttl": result_ttl,
+             "shutdown_timeout": shutdown_timeout,
+             "fetch_hosts": frozenset() if no_fetch else frozenset(map(normalise_host, fetch_hosts)) or None}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:
@@ -235,10 +247,10 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
     captioner = load_captioner(options)
     root = f"{settings.host}:{settings.port}/v1"
     click.echo(f"llava-edge: {captioner.model_name} loaded; serving http://{root} and ws://{root}", err=True)
-    try:
-        run_server(captioner, settings)
-    finally:
+    if run_server(captioner, settings):
         captioner.close()
+    else:  # a caption still runs past the shutdown deadline; freeing the model under it would crash
+        click.echo("llava-edge: a caption was still running at the shutdown deadline; exiting without it.", err=True)
 
 
 @main.command()

@@ -3,7 +3,8 @@
 A delivery is retried with exponential back-off until the endpoint answers 2xx or the attempts run out.
 Waiting for a retry blocks nothing: due deliveries sit in a time-ordered heap served by a few threads,
 so one slow or dead endpoint never delays captioning or other endpoints. A delivery that finally fails
-is logged (without the URL's query, which often holds a token) and never fails its task.
+is logged (without the URL's query, which often holds a token) and never fails its task; so is one to a
+host the limits do not allow, which is never attempted. ``close`` keeps delivering for a bounded time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .remote import TransferError, TransferLimits, send_json
+from .remote import TransferError, TransferLimits, check_url, send_json
 
 MAX_BACKOFF_S = 30.0
 _log = logging.getLogger("llava_edge.delivery")
@@ -54,6 +55,7 @@ class Deliverer:
         self._order = itertools.count()
         self._wake = threading.Condition()
         self._stopping = False
+        self._in_flight = 0
         self._threads = [
             threading.Thread(target=self._serve, name=f"llava-edge-delivery-{n}", daemon=True) for n in range(threads)
         ]
@@ -65,37 +67,54 @@ class Deliverer:
             for thread in self._threads:
                 thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the senders; deliveries still waiting are dropped (and logged)."""
+    def close(self, timeout: float) -> None:
+        """Keep delivering (retries included) until nothing is pending or ``timeout`` seconds pass, then stop."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._started and (self._heap or self._in_flight) and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)
+        self.stop()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the senders; deliveries still waiting are dropped and attempts in flight abandoned (logged).
+        Waits at most ``timeout`` seconds in all for the sender threads (they are daemons)."""
         with self._wake:
             self._stopping = True
-            dropped = len(self._heap)
+            dropped, in_flight = len(self._heap), self._in_flight
             self._heap.clear()
             self._wake.notify_all()
-        if dropped:
-            _log.warning("server stopping: %d result deliveries dropped", dropped)
+        if dropped or in_flight:
+            _log.warning("server stopping: %d result deliveries dropped, %d abandoned in flight", dropped, in_flight)
+        deadline = time.monotonic() + timeout
         if self._started:
             for thread in self._threads:
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
+        """Deliveries waiting or being attempted."""
         with self._wake:
-            return len(self._heap)
+            return len(self._heap) + self._in_flight
 
     def submit(self, url: str, method: str, item: dict[str, Any]) -> bool:
-        """Queue ``item`` as JSON for ``url``; ``False`` when it was dropped (queue full or stopping)."""
+        """Queue ``item`` as JSON for ``url``; ``False`` when it was dropped (host not allowed, queue full
+        or stopping)."""
+        try:
+            check_url(url, self.limits)
+        except TransferError as err:
+            _log.warning("%s to %s refused: %s", method, _redact(url), err)
+            return False
         body = json.dumps(item).encode()
         return self._schedule(_Delivery(url, method, body), time.monotonic())
 
     def _schedule(self, delivery: _Delivery, due: float) -> bool:
         with self._wake:
             if self._stopping or len(self._heap) >= self.max_pending:
-                _log.warning("%s to %s dropped: %d deliveries already waiting", delivery.method,
-                             _redact(delivery.url), len(self._heap))
+                reason = "the server is stopping" if self._stopping else f"{len(self._heap)} deliveries already wait"
+                _log.warning("%s to %s dropped: %s", delivery.method, _redact(delivery.url), reason)
                 return False
             heapq.heappush(self._heap, (due, next(self._order), delivery))
-            self._wake.notify()
+            self._wake.notify_all()  # all: close() may wait on the same condition
             return True
 
     def _serve(self) -> None:
@@ -103,12 +122,18 @@ class Deliverer:
             delivery = self._next_due()
             if delivery is None:
                 return
-            self._attempt(delivery)
+            try:
+                self._attempt(delivery)
+            finally:
+                with self._wake:
+                    self._in_flight -= 1
+                    self._wake.notify_all()
 
     def _next_due(self) -> _Delivery | None:
         with self._wake:
             while not self._stopping:
                 if self._heap and self._heap[0][0] <= time.monotonic():
+                    self._in_flight += 1
                     return heapq.heappop(self._heap)[2]
                 wait = self._heap[0][0] - time.monotonic() if self._heap else None
                 self._wake.wait(wait)

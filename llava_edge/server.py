@@ -15,9 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import math
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -87,7 +91,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
         yield
-        await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(service.stop)  # bounded: shutdown_timeout + delivery_flush_timeout
 
     app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
@@ -98,24 +102,78 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
 
 
 def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> uvicorn.Config:
-    """The uvicorn configuration that enforces the settings' frame size and connection limits."""
+    """The uvicorn configuration that enforces the settings' frame size and connection limits. Open
+    requests get as long as the drain to be answered when the server stops."""
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, ws_max_size=settings.max_body_bytes,
-        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=5, log_level=log_level,
+        limit_concurrency=settings.max_connections, log_level=log_level,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 1,
     )
 
 
-def run_server(captioner: Captioner, settings: ServerSettings) -> None:
-    """Serve until interrupted: Ctrl-C stops it gracefully (the running caption finishes) and returns.
+def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
+    """Serve until SIGTERM or Ctrl-C, then shut down gracefully and return (no signal is re-raised).
+
+    The first signal stops accepting connections and new captions; the accepted captions get
+    ``settings.shutdown_timeout`` seconds to finish (the rest are failed and reported to their webhooks),
+    then pending deliveries get ``settings.delivery_flush_timeout`` seconds. A second signal stops waiting.
+
+    Returns:
+        True when the model is idle, so the captioner may be closed; False when a caption still runs
+        in it past the deadline.
 
     Raises:
         ServerConfigError: unsafe settings (checked before binding).
     """
     settings.check()
+    app = create_app(captioner, settings)
+    service: TaskService = app.state.service
+    server = _DrainingServer(uvicorn_config(app, settings), service)
+    with _signals_absorbed():
+        server.run()
+    if server.force_exit:  # a second signal: uvicorn skipped the app's shutdown, so fail what is left now
+        service.begin_shutdown(0.0)
+    return service.model_idle
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server that starts the task service's drain as soon as it decides to exit (from the
+    event loop, not inside the signal handler), and stops waiting on a second SIGTERM as on a second Ctrl-C."""
+
+    def __init__(self, config: uvicorn.Config, service: TaskService):
+        super().__init__(config)
+        self.service = service
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if should_exit:
+            self.service.begin_shutdown()
+        return should_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        super().handle_exit(sig, frame)
+
+
+@contextmanager
+def _signals_absorbed() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it once it has shut down, which would kill the process
+    with SIGTERM (exit -15) or raise KeyboardInterrupt. Ignore that re-raise; restore the handlers after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, _ignore) for number in numbers}
     try:
-        uvicorn.Server(uvicorn_config(create_app(captioner, settings), settings)).run()
-    except KeyboardInterrupt:
-        pass  # uvicorn re-raises the captured Ctrl-C after its graceful shutdown
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    _log.debug("signal %d after shutdown ignored", signum)
 
 
 # -- REST -----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 from .errors import AuthenticationError, ServerConfigError
 from .remote import TransferLimits
@@ -47,12 +48,22 @@ class ServerSettings:
     )
     """Per-attempt limits for webhook and uploadEndpoint requests (``allowed_hosts`` restricts targets)."""
     max_pending_deliveries: int = 1000
+    fetch_hosts: frozenset[str] | None = None
+    """Hosts a request may make the server contact: image URLs (inputs and imageUpload), webhookURL and
+    uploadEndpoint share this one list. ``None``: any host; an empty set: no host at all. Names as
+    written in URLs (``normalise_host``), compared exactly; they are not resolved."""
+    shutdown_timeout: float = 20.0
+    """On SIGTERM or Ctrl-C: seconds the accepted captions (queued and running) get to finish; the
+    ones still unfinished then are failed with ``serviceUnavailable`` (and delivered as such)."""
+    delivery_flush_timeout: float = 5.0
+    """After the captions: seconds pending webhook/uploadEndpoint deliveries get before they are dropped."""
 
     def check(self) -> None:
         """Refuse settings that would expose the model or break the server.
 
         Raises:
-            ServerConfigError: a non-loopback bind without an API key, or a bound that is not positive.
+            ServerConfigError: a non-loopback bind without an API key, a bound that is not positive, or a
+                fetch host that is not a bare host name.
         """
         if not is_loopback(self.host) and not self.api_key:
             raise ServerConfigError(
@@ -64,6 +75,44 @@ class ServerSettings:
         for name in bounds:
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("shutdown_timeout", "delivery_flush_timeout"):
+            if getattr(self, name) < 0:
+                raise ServerConfigError(f"{name} must not be negative, got {getattr(self, name)}.")
+        for host in self.fetch_hosts or ():
+            if normalise_host(host) != host:
+                raise ServerConfigError(f"Fetch host {host!r} is not normalised; pass it through normalise_host().")
+
+    def outbound(self, limits: TransferLimits) -> TransferLimits:
+        """``limits`` restricted to ``fetch_hosts`` (intersected with any allow-list ``limits`` already has)."""
+        if self.fetch_hosts is None:
+            return limits
+        allowed = self.fetch_hosts if limits.allowed_hosts is None else self.fetch_hosts & set(limits.allowed_hosts)
+        return replace(limits, allowed_hosts=frozenset(allowed))
+
+
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+
+
+def normalise_host(text: str) -> str:
+    """A host name or IP address as ``urlsplit(url).hostname`` spells it: lower case, IPv6 without brackets.
+    Hosts are compared as written, never resolved: ``127.0.0.1`` does not allow ``localhost``.
+
+    Raises:
+        ServerConfigError: a URL, a port, a path, a wildcard or anything else that is not a bare host.
+    """
+    host = text.strip().lower()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return bare
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(host):
+        raise ServerConfigError(
+            f"{text!r} is not a host name or IP address; give bare hosts such as example.com or 192.168.1.20 "
+            "(no scheme, port, path or wildcard), one per --allow-fetch-host."
+        )
+    return host
 
 
 def is_loopback(host: str) -> bool:

@@ -6,18 +6,25 @@ used by one task at a time and the event loop only waits on futures. A full queu
 reuse while it runs or its result is kept), its outcome is kept for ``ttl`` seconds for
 ``getResponse``, and, when asked, delivered to ``webhookURL`` / ``uploadEndpoint``. Errors are per
 task: each call answers one ``Outcome`` and never raises for a bad task.
+
+Shutdown drains: ``begin_shutdown`` refuses new captions at once, lets the accepted ones finish until
+``shutdown_timeout`` passes, then fails the rest with ``serviceUnavailable`` (delivered to their
+webhooks like any result); ``stop`` then gives pending deliveries ``delivery_flush_timeout`` seconds.
+Every accepted task is completed exactly once, by the worker or by the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .delivery import Deliverer
@@ -41,22 +48,31 @@ class _Job:
     raw: dict[str, Any]
     request: CaptionRequest
     future: Future[Outcome]
+    completed: threading.Event = field(default_factory=threading.Event)
 
 
 class TaskService:
     """Answers Runware tasks with one loaded ``Captioner``; see the module docstring."""
 
     def __init__(self, captioner: Captioner, settings: ServerSettings):
-        self.captioner = captioner
+        self.captioner = _fetching_from(captioner, settings)
         self.settings = settings
         self.registry = TaskRegistry(max_kept=settings.max_kept_results)
         self.deliverer = Deliverer(
             attempts=settings.delivery_attempts, backoff=settings.delivery_backoff,
-            limits=settings.delivery_limits, max_pending=settings.max_pending_deliveries,
+            limits=settings.outbound(settings.delivery_limits), max_pending=settings.max_pending_deliveries,
         )
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.max_queue)
+        self._draining = threading.Event()
+        """Set by ``begin_shutdown``: new captions are refused."""
         self._stopping = threading.Event()
-        self._running_task: str | None = None
+        """Set when the drain is over: the worker takes no further job."""
+        self._lock = threading.Lock()
+        """Guards the job in hand, the drain deadline and each job's completion."""
+        self._running: _Job | None = None
+        self._deadline = float("inf")
+        self._abandoned = False
+        self._drainer: threading.Thread | None = None
         self._worker = threading.Thread(target=self._work, name="llava-edge-model", daemon=True)
         self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
@@ -71,32 +87,71 @@ class TaskService:
             self._worker.start()
             self.deliverer.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the running caption, fail the queued ones with ``serviceUnavailable``, stop the threads."""
-        self._stopping.set()
-        if self._worker.is_alive():
-            self._worker.join(timeout)
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            busy = ServerBusyError("The server is shutting down; send the task again when it is back.")
-            self._complete(job, _failure(busy, job.request))
-        self.deliverer.stop()
+    def begin_shutdown(self, timeout: float | None = None) -> None:
+        """Refuse new captions from now on and give the accepted ones ``timeout`` seconds (default: the
+        settings' ``shutdown_timeout``) to finish; a later call may only shorten that. Returns at once."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        with self._lock:
+            self._deadline = min(self._deadline, time.monotonic() + timeout)
+            self._draining.set()
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="llava-edge-drain", daemon=True)
+                self._drainer.start()
+
+    def stop(self) -> bool:
+        """Drain (see ``begin_shutdown``), then deliver what is pending for ``delivery_flush_timeout`` seconds.
+
+        Returns:
+            True when the model is idle; False when a caption still runs in it past the deadline (its
+            task was already reported failed), so the captioner must not be closed under it.
+        """
+        self.begin_shutdown()
+        if self._drainer is not None:
+            self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
+        self._worker.join(0.5)
+        self.deliverer.close(self.settings.delivery_flush_timeout)
+        return self.model_idle
+
+    @property
+    def model_idle(self) -> bool:
+        """True unless the model worker is running (or inside a caption past the shutdown deadline)."""
+        return not self._worker.is_alive()
 
     def health(self) -> dict[str, Any]:
         live, kept = self.registry.counts()
+        status = "ok" if self._worker.is_alive() else "stopped"
         return {
-            "status": "ok" if self._worker.is_alive() else "stopped",
+            "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
             "queueDepth": self._queue.qsize(),
             "queueLimit": self.settings.max_queue,
-            "running": self._running_task is not None,
+            "running": self._running is not None,
             "liveTasks": live,
             "keptResults": kept,
             "pendingDeliveries": self.deliverer.pending,
         }
+
+    def _drain(self) -> None:
+        """Wait until every accepted caption is done or the deadline passes; then fail the rest."""
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks and time.monotonic() < self._deadline:
+                done.wait(min(0.1, max(0.0, self._deadline - time.monotonic())))  # re-read: it may shorten
+        with self._lock:
+            self._abandoned = True
+            running = self._running
+        self._stopping.set()
+        leftovers = [running] if running is not None else []
+        while True:
+            try:
+                leftovers.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            self._queue.task_done()
+        failed = sum(self._complete(job, _shutdown_failure(job, started=job is running)) for job in leftovers)
+        if failed:
+            _log.warning("shutdown: %d accepted caption tasks did not finish by the deadline and were failed "
+                         "(serviceUnavailable)", failed)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -174,15 +229,19 @@ class TaskService:
         self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
         job = _Job(raw, request, Future())
         try:
-            if self._stopping.is_set():
-                raise queue.Full
-            self._queue.put_nowait(job)
+            with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
+                if self._draining.is_set():
+                    raise ServerBusyError("The server is shutting down; send the task again when it is back.")
+                self._queue.put_nowait(job)
         except queue.Full:
             self.registry.discard(request.task_uuid)
             raise ServerBusyError(
                 f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
                 "Retry in a few seconds.",
             ) from None
+        except ServerBusyError:
+            self.registry.discard(request.task_uuid)
+            raise
         return job.future
 
     # -- the model worker -----------------------------------------------------------------------
@@ -193,11 +252,18 @@ class TaskService:
                 job = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._running_task = job.request.task_uuid
             try:
-                self._complete(job, self._caption_now(job))
+                with self._lock:
+                    abandoned = self._abandoned
+                    self._running = None if abandoned else job
+                if abandoned:  # taken just as the drain ended: it fails like the other leftovers
+                    self._complete(job, _shutdown_failure(job, started=False))
+                else:
+                    self._complete(job, self._caption_now(job))
             finally:
-                self._running_task = None
+                with self._lock:
+                    self._running = None
+                self._queue.task_done()
 
     def _caption_now(self, job: _Job) -> Outcome:
         try:
@@ -209,7 +275,15 @@ class TaskService:
             return _failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
                             job.request)
 
-    def _complete(self, job: _Job, outcome: Outcome) -> None:
+    def _complete(self, job: _Job, outcome: Outcome) -> bool:
+        """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption
+        that ends after the drain failed it)."""
+        with self._lock:
+            if job.completed.is_set():
+                _log.info("task %s already has an outcome (the shutdown deadline passed); this one is dropped",
+                          job.request.task_uuid)
+                return False
+            job.completed.set()
         request = job.request
         self.registry.finish(request.task_uuid, outcome)
         for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
@@ -219,6 +293,25 @@ class TaskService:
             job.future.set_result(outcome)
         except InvalidStateError:
             pass  # the caller went away; the outcome is still kept for getResponse
+        return True
+
+
+def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
+    """The captioner as the server uses it: the same loaded model, with image URL fetches limited to the
+    settings' ``fetch_hosts``. A shallow copy, so the caller's own captioner keeps its limits."""
+    if settings.fetch_hosts is None:
+        return captioner
+    view = copy.copy(captioner)
+    limits = captioner.image_limits
+    view.image_limits = replace(limits, transfer=settings.outbound(limits.transfer))
+    return view
+
+
+def _shutdown_failure(job: _Job, *, started: bool) -> Outcome:
+    state = "was still running" if started else "had not started"
+    return _failure(ServerBusyError(
+        f"The server shut down while this task {state}; it was not captioned. Send it again when the server is back."
+    ), job.request)
 
 
 def _failure(error: LlavaEdgeError, request: CaptionRequest) -> Outcome:

@@ -252,3 +252,66 @@ def loopback_http() -> Iterator[LoopbackHTTP]:
     endpoint = LoopbackHTTP()
     yield endpoint
     endpoint.close()
+
+
+class ServeProcess:
+    """``llava-edge serve --model synthetic-tiny`` as a user runs it: a subprocess on a free 127.0.0.1 port.
+    Its output goes to a file (a pipe nobody reads would fill up and block the server)."""
+
+    def __init__(self, log_path: Path, *options: str) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.log_path = log_path
+        command = [sys.executable, "-m", "llava_edge", "serve", "--model", "synthetic-tiny", "--threads", "1",
+                   "--port", str(self.port), *options]
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{self.http}/health", timeout=1)
+                return
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"llava-edge serve did not start:\n{self.output}") from None
+                time.sleep(0.1)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1"
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(15)
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``llava-edge serve`` subprocesses: ``serve_process("--max-queue", "4")``; killed after the test."""
+    started: list[ServeProcess] = []
+
+    def start(*options: str) -> ServeProcess:
+        started.append(ServeProcess(tmp_path / f"serve-{len(started)}.log", *options))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()

@@ -197,18 +197,18 @@ def _run_anchor(config: BenchConfig, binary: Path, scratch: Path, busy_cores: fl
                             seed=config.seed, extra=config.anchor_args)
 
     for image in warm:
-        run_mtmd(command(image, config.warmup_tokens))
-    runs, samples, settings, loads = [], [], {}, []
+        run_mtmd(command(image, config.warmup_tokens), config.warmup_tokens)
+    runs, samples, settings = [], [], {}
     for image in timed:
-        run, parsed = _quiet_run(lambda: run_mtmd(command(image, config.max_tokens)), busy_cores)
+        run, parsed = _quiet_run(lambda: run_mtmd(command(image, config.max_tokens), config.max_tokens), busy_cores)
         runs.append(run)
         settings, sample = parsed.settings, asdict(parsed)
         sample.pop("settings")
-        sample.update(first_token_s=parsed.first_token_s, total_s=parsed.total_s, wall_s=run.wall_s)
+        sample.update(total_s=parsed.total_s, wall_s=run.wall_s)
         samples.append(_with_rate(sample))
-        loads.append(parsed.load_s)
     peak = max(run.peak_rss_bytes for run in runs)
-    return _result(config, samples, statistics.median(loads), peak, settings, runs, files)
+    load = statistics.median(run.wall_s - sample["total_s"] for run, sample in zip(runs, samples, strict=True))
+    return _result(config, samples, load, peak, settings, runs, files)
 
 
 def _quiet_run(measure: Callable[[], T], busy_cores: float | None) -> T:

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from . import machine
@@ -44,27 +45,53 @@ def run_measured(command: list[str], stdin: str = "", *, timeout: float | None =
                  env: dict[str, str] | None = None) -> ProcessRun:
     """Run ``command`` to completion; peak RSS and CPU time come from ``wait4`` on that child only."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        before_load, before_busy = os.getloadavg()[0], _busy_seconds()
-        started = time.perf_counter()
+        baseline = _baseline()
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True, env=env)
         assert process.stdin is not None
         process.stdin.write(stdin)
         process.stdin.close()
-        status, usage = _wait(process, timeout)
-        wall = time.perf_counter() - started
-        busy = _busy_seconds() - before_busy
+        finish = _finish(process, timeout, baseline)
         out.seek(0)
         err.seek(0)
-        cpu = usage.ru_utime + usage.ru_stime
-        return ProcessRun(
-            returncode=os.waitstatus_to_exitcode(status), stdout=out.read(), stderr=err.read(), wall_s=wall,
-            peak_rss_bytes=usage.ru_maxrss * 1024, cpu_s=cpu,
-            others_cores=max(0.0, (busy - cpu) / wall) if wall > 0 else 0.0,
-            loadavg_before=before_load, loadavg_after=os.getloadavg()[0],
-        )
+        return finish(out.read(), err.read())
 
 
-def _wait(process: subprocess.Popen[str], timeout: float | None) -> tuple[int, Any]:
+def run_streaming(command: list[str], *, timeout: float | None = None) -> tuple[ProcessRun, list[tuple[float, str]]]:
+    """Run ``command`` with stdout and stderr merged into one pipe, stamping each chunk of output with its
+    arrival time (seconds since the start), for programs whose own timing lines may be lost at exit."""
+    baseline = _baseline()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    chunks = []
+    while data := os.read(process.stdout.fileno(), 65536):
+        chunks.append((time.perf_counter() - baseline[2], data.decode("utf-8", "replace")))
+    process.stdout.close()
+    return _finish(process, timeout, baseline)("".join(text for _, text in chunks), ""), chunks
+
+
+def _baseline() -> tuple[float, float, float]:
+    """(1-minute load average, machine busy seconds, start time) before a child starts."""
+    return os.getloadavg()[0], _busy_seconds(), time.perf_counter()
+
+
+def _finish(process: subprocess.Popen[Any], timeout: float | None,
+            baseline: tuple[float, float, float]) -> Callable[[str, str], ProcessRun]:
+    """Reap the child, then build its ProcessRun once its output is known."""
+    load, busy_before, started = baseline
+    status, usage = _wait(process, timeout)
+    wall = time.perf_counter() - started
+    cpu = usage.ru_utime + usage.ru_stime
+    others = max(0.0, (_busy_seconds() - busy_before - cpu) / wall) if wall > 0 else 0.0
+
+    def build(stdout: str, stderr: str) -> ProcessRun:
+        return ProcessRun(returncode=os.waitstatus_to_exitcode(status), stdout=stdout, stderr=stderr, wall_s=wall,
+                          peak_rss_bytes=usage.ru_maxrss * 1024, cpu_s=cpu, others_cores=others,
+                          loadavg_before=load, loadavg_after=os.getloadavg()[0])
+
+    return build
+
+
+def _wait(process: subprocess.Popen[Any], timeout: float | None) -> tuple[int, Any]:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)

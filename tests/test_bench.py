@@ -30,44 +30,59 @@ from llava_edge.bench_targets import ANCHOR, AS_ANCHOR, DEFAULTS, LOW, evaluate_
 from llava_edge.cli import main
 from llava_edge.registry import ModelFiles
 
-# Captured from llama-mtmd-cli (llama-cpp-python 0.3.36's vendored llama.cpp) on the tiny synthetic model,
-# 672x672 image, -n 8, its default settings; lines that carry no timing were dropped.
-MTMD_LOG = """\
-build: 1 (0c1e570) with GNU 12.2.0 for Linux x86_64
-llama_context: n_ctx         = 32768
-llama_context: n_batch       = 2048
-llama_context: n_ubatch      = 512
-llama_context: flash_attn    = auto
-system_info: n_threads = 2 (n_threads_batch = 2) / 2 | CPU : SSE3 = 1 | AVX512 = 1 |
-encoding mtmd batch, n_chunks = 1 (done = 1, total = 3)
-mtmd batch encoding done in 412 ms
-decoding image batch 1/2, n_tokens_batch = 2048
-image decoded (batch 1/2) in 35 ms
-decoding image batch 2/2, n_tokens_batch = 832
-image decoded (batch 2/2) in 14 ms
-llama_perf_context_print:        load time =       5.17 ms
-llama_perf_context_print: prompt eval time =      60.43 ms /  2894 tokens (    0.02 ms per token, 47890.12 tokens per second)
-llama_perf_context_print:        eval time =       2.51 ms /     8 runs   (    0.31 ms per token,  3187.25 tokens per second)
-llama_perf_context_print:       total time =     490.28 ms /  2902 tokens
-"""
+# Captured from llama-mtmd-cli (llama-cpp-python 0.3.36's vendored llama.cpp 0c1e570) on the tiny synthetic
+# model: 672x672 picture, -n 8, its defaults, -lv 4; (arrival seconds, text) chunks of its merged output.
+# Only the lines the parser reads and the answer are kept; the machine was busy, hence the slow tokens.
+MTMD_CHUNKS = [
+    (0.1178, "0.00.027.818 I llama_context: n_ctx                 = 32768\n"),
+    (0.1178, "0.00.027.819 I llama_context: n_batch               = 2048\n"),
+    (0.1178, "0.00.027.819 I llama_context: n_ubatch              = 512\n"),
+    (0.1178, "0.00.027.820 I llama_context: flash_attn            = auto\n"),
+    (0.1272, "0.00.039.464 I cmn          init: llama threadpool init, n_threads = 2\n"),
+    (0.3383, "0.00.250.584 W WARN: This is an experimental CLI for testing multimodal capability.\n"),
+    (0.4508, "0.00.362.979 I mtmd batch encoding done in 7 ms\n"),
+    (0.4508, "0.00.363.022 I decoding image batch 1/1, n_tokens_batch = 576\n"),
+    (0.459, "0.00.371.154 I image decoded (batch 1/1) in 8 ms\n"),
+    (0.4715, "0.00.379.373 I mtmd batch encoding done in 8 ms\n"),
+    (0.4716, "0.00.379.414 I decoding image batch 1/1, n_tokens_batch = 576\n"),
+    (0.4897, "0.00.393.425 I image decoded (batch 1/1) in 14 ms\n"),
+    (0.8258, "0.00.737.969 I mtmd batch encoding done in 345 ms\n"),
+    (0.8259, "0.00.738.145 I decoding image batch 1/1, n_tokens_batch = 576\n"),
+    (1.0688, "0.00.980.900 I image decoded (batch 1/1) in 243 ms\n"),
+    (1.0748, "0.00.987.058 I mtmd batch encoding done in 6 ms\n"),
+    (1.0749, "0.00.987.210 I decoding image batch 1/1, n_tokens_batch = 576\n"),
+    (1.1298, "0.01.037.418 I image decoded (batch 1/1) in 50 ms\n"),
+    (1.1645, "0.01.076.394 I mtmd batch encoding done in 37 ms\n"),
+    (1.1659, "0.01.078.001 I decoding image batch 1/1, n_tokens_batch = 576\n"),
+    (2.0485, "0.01.955.657 I image decoded (batch 1/1) in 877 ms\n"),
+    (2.0897, "\nah"),
+    (2.3782, " person"),
+    (2.6338, " [in"),
+    (2.9232, " under"),
+    (3.1558, " looks"),
+    (3.1903, "\ufffd"),
+    (3.1936, "\ufffd"),
+    (3.3702, " mo"),
+    (4.5, "\n\n"),  # flushed at exit: not part of the answer's timing
+]
 
 
 def test_mtmd_parser_reads_every_stage() -> None:
-    parsed = parse_mtmd_output(MTMD_LOG)
-    assert parsed.image_encode_s == pytest.approx(0.412)
-    assert parsed.image_prefill_s == pytest.approx(0.049)
-    assert parsed.text_prefill_s == pytest.approx(0.06043 - 0.049)
-    assert parsed.decode_s == pytest.approx(0.00251)
-    assert parsed.load_s == pytest.approx(0.00517)
-    assert (parsed.image_tokens, parsed.prompt_tokens, parsed.generated_tokens) == (2880, 2894, 8)
-    assert parsed.total_s == pytest.approx(0.412 + 0.06043 + 0.00251)
+    parsed = parse_mtmd_output(MTMD_CHUNKS, 8)
+    assert parsed.image_encode_s == pytest.approx(0.403)
+    assert parsed.image_prefill_s == pytest.approx(1.192)
+    assert parsed.first_token_s == pytest.approx(2.0897 - 0.3383)
+    assert parsed.text_prefill_s == pytest.approx(2.0897 - 0.3383 - 0.403 - 1.192)
+    assert parsed.decode_s == pytest.approx((3.3702 - 2.0897) * 8 / 7)  # 7 steps seen, 8 counted
+    assert (parsed.image_tokens, parsed.generated_tokens) == (2880, 8)
+    assert parsed.total_s == pytest.approx(parsed.first_token_s + parsed.decode_s)
     assert parsed.settings == {"n_ctx": "32768", "n_threads": "2", "flash_attn": "auto", "n_batch": "2048",
                                "n_ubatch": "512"}
 
 
-def test_mtmd_parser_refuses_a_log_without_timings() -> None:
-    with pytest.raises(ValueError, match="llama_perf_context_print"):
-        parse_mtmd_output("main: loading model\nerror: failed to load model\n")
+def test_mtmd_parser_refuses_output_without_an_answer() -> None:
+    with pytest.raises(ValueError, match="did it fail"):
+        parse_mtmd_output([(0.1, "0.00.001.000 E error: failed to load model\n")], 8)
 
 
 def _mtmd_binary() -> Path | None:
@@ -83,7 +98,7 @@ def test_mtmd_cli_runs_for_real_on_the_tiny_model(tiny_files: ModelFiles, tmp_pa
     if binary is None:
         pytest.skip("no llama-mtmd-cli built (benchmarks/build_mtmd_cli.sh builds it)")
     image = bench_image((336, 336), 0, tmp_path)
-    run, parsed = run_mtmd(mtmd_command(binary, tiny_files.model_path, tiny_files.mmproj_path, image, "Hi", 4))
+    run, parsed = run_mtmd(mtmd_command(binary, tiny_files.model_path, tiny_files.mmproj_path, image, "Hi", 4), 4)
     assert run.peak_rss_bytes > 0
     assert parsed.image_tokens == 576
     assert parsed.generated_tokens == 4

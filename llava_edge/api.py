@@ -10,6 +10,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Self
 
 from PIL import Image
@@ -20,7 +21,7 @@ from .generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
 from .image_store import ImageStore
 from .images import ImageInput, ImageLimits, load_image
 from .models import model_files
-from .registry import ModelFiles, load_registry
+from .registry import ModelFiles, Registry, load_registry
 from .runtime import LlavaRuntime
 from .schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
 
@@ -159,7 +160,11 @@ class Captioner:
 
     def _check_model_name(self, name: str) -> None:
         if name.strip().lower() != self.model_name.lower():
-            load_registry(self.registry).resolve(name)
+            self._registry.resolve(name)
+
+    @cached_property
+    def _registry(self) -> Registry:
+        return load_registry(self.registry)
 
     def _response(self, task_uuid: str, result: CaptionResult, include_cost: bool) -> dict[str, Any]:
         cost = self.cost_model.cost(result.timings.generated_tokens, result.timings.total_s) if include_cost else None

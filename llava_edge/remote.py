@@ -75,7 +75,8 @@ def fetch_bytes(url: str, limits: TransferLimits) -> tuple[bytes, str]:
             if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
                 raise TransferError(f"the body is {int(declared)} bytes; the limit is {limits.max_bytes}")
             body = _read_bounded(response, limits)
-            return body, response.headers.get_content_type()
+            declared_type = response.headers.get("Content-Type")
+            return body, response.headers.get_content_type() if declared_type else ""
     except urllib.error.HTTPError as err:
         raise TransferError(f"the server answered HTTP {err.code}") from err
     except (urllib.error.URLError, TimeoutError, OSError) as err:
@@ -88,7 +89,7 @@ def _read_bounded(response: object, limits: TransferLimits) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = response.read(_CHUNK)  # type: ignore[attr-defined]
+        chunk = response.read1(_CHUNK)  # type: ignore[attr-defined]  # returns what has arrived, so the deadline holds
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,12 +33,16 @@ from .generation import (
     contains_stop,
     cut_at_stop,
 )
+from .modelcheck import check_model_pair
 from .prefix_cache import PrefixCache, PrefixState
 from .registry import ModelFiles
 
 DEVICES = ("auto", "cpu", "metal", "cuda")
 _log = logging.getLogger("llava_edge.llama_cpp")
-_LOG_LEVELS = {2: logging.INFO, 3: logging.WARNING}
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING}
+"""ggml's DEBUG, INFO, WARN, ERROR. Its warnings are routine (context shorter than trained), so they are
+logged at INFO; its errors at WARNING, and the last few are quoted in RuntimeBackendError messages."""
+_recent_errors: deque[str] = deque(maxlen=3)
 _QUANT_FTYPES = {
     "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
     "Q4_K_S": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
@@ -55,6 +60,8 @@ def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # by _raise_if_interrupted() once llama.cpp returns.
     try:
         python_level = _LOG_LEVELS.get(level, logging.DEBUG)
+        if python_level >= logging.WARNING:
+            _recent_errors.append(text.decode("utf-8", "replace").strip())
         if _log.isEnabledFor(python_level):
             _log.log(python_level, text.decode("utf-8", "replace").rstrip())
     except KeyboardInterrupt:
@@ -91,6 +98,7 @@ class LlavaRuntime:
         self._lock = threading.Lock()
         gpu_layers, clip_on_gpu = _offload_plan(self.options.device)
         _check_repack_safe(self.options.repack)
+        check_model_pair(files.model_path, files.mmproj_path)  # llama.cpp may abort on a bad file
         started = time.perf_counter()
         self._model = _load_model(files.model_path, self.options, gpu_layers)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -173,10 +181,12 @@ class LlavaRuntime:
         image_tokens = sum(chunk.n_tokens for chunk in layout if chunk.kind == "image")
         prompt_tokens = sum(chunk.n_tokens for chunk in layout)
         if prompt_tokens + max_tokens > self.n_ctx:
+            blamed = "maxTokens" if prompt_tokens < self.n_ctx else "prompt"
             raise ContextOverflowError(
                 f"The image ({image_tokens} tokens) plus prompt ({prompt_tokens - image_tokens} tokens) plus "
                 f"max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
-                "Lower max_tokens, use detail=\"low\", or load the model with a larger n_ctx."
+                "Lower max_tokens, use detail=\"low\", or load the model with a larger n_ctx.",
+                parameter=blamed,
             )
 
     def _evaluate(self, tokenized: _Tokenized) -> dict[str, Any]:
@@ -294,8 +304,8 @@ class LlavaRuntime:
             llama_cpp.llama_free(self._ctx)
             llama_cpp.llama_model_free(self._model)
             raise RuntimeBackendError(
-                f"libmtmd could not load the vision projector {self.files.mmproj_path}. Check that it is the "
-                "mmproj that belongs to this model."
+                f"libmtmd could not load the vision projector {self.files.mmproj_path}{_llama_says()}. Check that "
+                "it is the mmproj that belongs to this model."
             )
         return context
 
@@ -436,9 +446,12 @@ def _load_model(path: Path, options: RuntimeOptions, gpu_layers: int) -> Any:
     params.use_extra_bufts = options.repack
     if not options.use_mmap:
         params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    _recent_errors.clear()
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
-        raise RuntimeBackendError(f"llama.cpp could not load the model {path}. Check the file and free memory.")
+        raise RuntimeBackendError(
+            f"llama.cpp could not load the model {path}{_llama_says()}. Check the file and free memory."
+        )
     return model
 
 
@@ -466,6 +479,11 @@ def _check_repack_safe(repack: bool) -> None:
             "CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
             "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\"."
         )
+
+
+def _llama_says() -> str:
+    """The last errors llama.cpp logged, for an error message ("" when it logged none)."""
+    return f" (llama.cpp: {'; '.join(_recent_errors)})" if _recent_errors else ""
 
 
 def system_info() -> str:

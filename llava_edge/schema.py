@@ -213,6 +213,13 @@ class _Fields:
         legacy = [key for key in ("inputImage", "inputImages") if key in self.payload]
         if inputs is not None and not isinstance(inputs, dict):
             raise self.fail("inputs must be an object: {\"image\": ...}.", "invalidInputs", "inputs")
+        unknown = sorted(str(key) for key in (inputs or {}) if key != "image")
+        if unknown:
+            raise self.fail(
+                f"Unknown parameter inputs.{unknown[0][:80]}: a caption task's inputs hold only \"image\".",
+                "unsupportedParameter",
+                f"inputs.{unknown[0][:80]}",
+            )
         if inputs is not None and "image" in inputs:
             if legacy:
                 raise self.fail(

@@ -34,7 +34,8 @@ class _Routes(BaseHTTPRequestHandler):
             return None
         status, content_type, body = self.routes.get(self.path, (404, "text/plain", b"missing"))
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
+        if content_type:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -62,6 +63,7 @@ def web(make_image: ImageFactory) -> Iterator[str]:
     _Routes.routes = {
         "/cat.png": (200, "image/png", make_image(40, 30)),
         "/page.html": (200, "text/html", b"<html><body>not an image</body></html>"),
+        "/untyped": (200, "", make_image(40, 30)),
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Routes)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -174,6 +176,10 @@ def test_paths_refused_when_not_allowed(tmp_path: Path, make_image: ImageFactory
     path.write_bytes(make_image())
     expect_error(str(path), "not a URL, data URI, UUID or base64", allow_paths=False)
     expect_error(path, "paths are not accepted", allow_paths=False)
+
+
+def test_an_image_served_without_a_content_type_is_read(web: str) -> None:
+    assert load_image(f"{web}/untyped").size == (40, 30)
 
 
 def test_html_at_an_image_url(web: str) -> None:

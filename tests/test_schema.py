@@ -76,6 +76,7 @@ BROKEN = [
     ("inputs.image", current(inputs={"image": 7}), "invalidInputsImage"),
     ("inputs.image", current(inputs={"image": ""}), "invalidInputsImage"),
     ("inputs.image", current(inputImage=IMAGE), "invalidInputs"),
+    ("inputs.mask", current(inputs={"image": IMAGE, "mask": IMAGE}), "unsupportedParameter"),
     ("inputImages", current(inputs=_DROP, inputImages=[IMAGE, IMAGE]), "unsupportedInputImages"),
     ("inputImages", current(inputs=_DROP, inputImages=[]), "invalidInputImages"),
     ("inputImages", current(inputs=_DROP, inputImage=IMAGE, inputImages=[IMAGE]), "invalidInputImage"),

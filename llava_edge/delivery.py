@@ -67,12 +67,16 @@ class Deliverer:
             for thread in self._threads:
                 thread.start()
 
-    def close(self, timeout: float) -> None:
-        """Keep delivering (retries included) until nothing is pending or ``timeout`` seconds pass, then stop."""
+    def close(self, timeout: float, *, cancel: threading.Event | None = None) -> None:
+        """Keep delivering (retries included) until nothing is pending, ``timeout`` seconds pass or ``cancel``
+        is set; then stop."""
         deadline = time.monotonic() + timeout
         with self._wake:
-            while self._started and (self._heap or self._in_flight) and (left := deadline - time.monotonic()) > 0:
-                self._wake.wait(left)
+            while self._started and (self._heap or self._in_flight) and not (cancel and cancel.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(min(left, 0.1))
         self.stop()
 
     def stop(self, timeout: float = 1.0) -> None:

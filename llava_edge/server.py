@@ -131,14 +131,13 @@ def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
     server = _DrainingServer(uvicorn_config(app, settings), service)
     with _signals_absorbed():
         server.run()
-    if server.force_exit:  # a second signal: uvicorn skipped the app's shutdown, so fail what is left now
-        service.begin_shutdown(0.0)
     return service.model_idle
 
 
 class _DrainingServer(uvicorn.Server):
     """uvicorn's server that starts the task service's drain as soon as it decides to exit (from the
-    event loop, not inside the signal handler), and stops waiting on a second SIGTERM as on a second Ctrl-C."""
+    event loop, not inside the signal handler), and stops all waiting on a second signal (uvicorn itself
+    only cuts its own wait short, and only on a second Ctrl-C)."""
 
     def __init__(self, config: uvicorn.Config, service: TaskService):
         super().__init__(config)
@@ -153,6 +152,7 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             self.force_exit = True
+            self.service.hurry()
         super().handle_exit(sig, frame)
 
 

@@ -67,6 +67,8 @@ class TaskService:
         """Set by ``begin_shutdown``: new captions are refused."""
         self._stopping = threading.Event()
         """Set when the drain is over: the worker takes no further job."""
+        self._hurry = threading.Event()
+        """Set by ``hurry``: the drain and the delivery flush end now."""
         self._lock = threading.Lock()
         """Guards the job in hand, the drain deadline and each job's completion."""
         self._running: _Job | None = None
@@ -98,6 +100,11 @@ class TaskService:
                 self._drainer = threading.Thread(target=self._drain, name="llava-edge-drain", daemon=True)
                 self._drainer.start()
 
+    def hurry(self) -> None:
+        """End the drain and the delivery flush now (a second signal). Safe to call from a signal handler:
+        it takes no lock the interrupted code could hold."""
+        self._hurry.set()
+
     def stop(self) -> bool:
         """Drain (see ``begin_shutdown``), then deliver what is pending for ``delivery_flush_timeout`` seconds.
 
@@ -109,7 +116,7 @@ class TaskService:
         if self._drainer is not None:
             self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
         self._worker.join(0.5)
-        self.deliverer.close(self.settings.delivery_flush_timeout)
+        self.deliverer.close(self.settings.delivery_flush_timeout, cancel=self._hurry)
         return self.model_idle
 
     @property
@@ -135,7 +142,7 @@ class TaskService:
         """Wait until every accepted caption is done or the deadline passes; then fail the rest."""
         done = self._queue.all_tasks_done
         with done:
-            while self._queue.unfinished_tasks and time.monotonic() < self._deadline:
+            while self._queue.unfinished_tasks and time.monotonic() < self._deadline and not self._hurry.is_set():
                 done.wait(min(0.1, max(0.0, self._deadline - time.monotonic())))  # re-read: it may shorten
         with self._lock:
             self._abandoned = True

@@ -285,13 +285,8 @@ class ServeProcess:
                     raise RuntimeError(f"llava-edge serve did not start:\n{self.output}") from None
                 time.sleep(0.1)
 
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1"
+    http = LiveServer.http
+    ws = LiveServer.ws
 
     @property
     def output(self) -> str:

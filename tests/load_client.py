@@ -49,11 +49,18 @@ class Tally:
     busy_codes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     """Error codes other than a busy refusal."""
+    messages: dict[str, str] = field(default_factory=dict)
+    """The first message seen for each of those codes."""
     unrouted: int = 0
     """Answers whose taskUUID was not among the tasks just sent (duplicates, strays)."""
     http_status: Counter[int] = field(default_factory=Counter)
     busy_without_retry_after: int = 0
     gave_up: list[str] = field(default_factory=list)
+
+    def error(self, item: dict[str, Any]) -> None:
+        code = str(item.get("code", "?"))
+        self.errors[code] += 1
+        self.messages.setdefault(code, str(item.get("message", ""))[:300])
 
 
 def png_data_uri(width: int, height: int, seed: int) -> str:
@@ -114,7 +121,7 @@ class Exchange:
                     continue
                 pending.pop(task_uuid)
                 if is_error:
-                    self.tally.errors[item.get("code", "?")] += 1
+                    self.tally.error(item)
                 elif "text" in item:
                     self.tally.results[task_uuid].append(item["text"])
                 else:
@@ -131,7 +138,7 @@ class Exchange:
                 if item.get("status") == "success":
                     self.tally.results[item["taskUUID"]].append(item["text"])
                 elif is_error:
-                    self.tally.errors[item.get("code", "?")] += 1
+                    self.tally.error(item)
                 if item.get("status") != "processing":
                     waiting.discard(item.get("taskUUID", ""))
             if waiting:
@@ -198,11 +205,11 @@ def probe_health(url: str, stop: threading.Event, timeout: float, samples: list[
         while not stop.is_set():
             started = time.perf_counter()
             try:
-                body = http.get(url).json()
+                body = http.get(url).raise_for_status().json()
                 samples.append({"ms": (time.perf_counter() - started) * 1000, "depth": body["queueDepth"],
                                 "limit": body["queueLimit"]})
-            except httpx.HTTPError as err:
-                samples.append({"ms": None, "error": type(err).__name__})
+            except (httpx.HTTPError, ValueError, KeyError) as err:
+                samples.append({"ms": None, "error": f"{type(err).__name__}: {err}"})
             stop.wait(0.05)
 
 
@@ -218,6 +225,7 @@ def summary(tally: Tally, samples: list[dict[str, Any]], elapsed: float, timed_o
         "tasks": len(tally.sent), "sends": sum(tally.sent.values()), "elapsed_s": round(elapsed, 2),
         "completed": completed, "tasks_per_s": round(completed / elapsed, 1), "timed_out": timed_out,
         "busy": tally.busy, "busy_codes": dict(tally.busy_codes), "errors": dict(tally.errors),
+        "error_messages": tally.messages,
         "http_status": {str(code): count for code, count in tally.http_status.items()},
         "busy_without_retry_after": tally.busy_without_retry_after, "gave_up": tally.gave_up,
         "unanswered_sends": sorted(u for u in tally.sent if tally.answered[u] < tally.sent[u]),
@@ -227,6 +235,7 @@ def summary(tally: Tally, samples: list[dict[str, Any]], elapsed: float, timed_o
         "several_results": sorted(u for u, texts in tally.results.items() if len(texts) > 1),
         "health": {
             "samples": len(samples), "failures": len(samples) - len(latencies),
+            "failure_kinds": sorted({sample["error"] for sample in samples if "error" in sample})[:5],
             "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
             "p95_ms": round(percentile(latencies, 0.95), 1), "p99_ms": round(percentile(latencies, 0.99), 1),
             "max_ms": round(max(latencies), 1) if latencies else None,

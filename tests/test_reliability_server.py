@@ -16,6 +16,7 @@ import hmac
 import http.client
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -231,6 +232,21 @@ def test_sigterm_deadline_fails_unfinished_tasks_to_their_webhooks(
     assert elapsed < 1 + 5 + 5, server.output
     assert "4 accepted caption tasks did not finish by the deadline" in server.output
     assert "a caption was still running at the shutdown deadline" in server.output
+
+
+def test_sigterm_gives_a_hanging_webhook_5_s_then_exits(
+    serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, png: str
+) -> None:
+    server = serve_process("--shutdown-timeout", "1")
+    task = caption_task(png, webhookURL=f"{slow_host.url}/hook")  # sync: answered, then POSTed to a host that hangs
+    assert httpx.post(f"{server.http}/v1", json=[task]).json()["data"][0]["text"]
+    assert slow_host.wait_for(1)[0][:2] == ("POST", "/hook")
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(20) == 0
+    assert 4.5 < time.monotonic() - started < 5 + 4, server.output  # the 5 s flush bound, then out
+    assert re.search(r"server stopping: (1 result deliveries dropped, 0|0 result deliveries dropped, 1) abandoned",
+                     server.output)  # waiting for a retry, or its attempt still hanging
 
 
 def test_second_sigterm_stops_waiting(

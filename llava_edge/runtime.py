@@ -401,7 +401,8 @@ class _Decoder:
             pieces.append(runtime._piece(token))
             if self.options.stop and contains_stop(pieces, self.options.stop):
                 return pieces, "stop", first_token_at
-            batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(token), 1)
+            tokens = (llama_cpp.llama_token * 1)(token)  # kept alive: the batch only points at it
+            batch = llama_cpp.llama_batch_get_one(tokens, 1)
             if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
                 raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
             _raise_if_interrupted()

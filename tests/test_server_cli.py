@@ -8,11 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
-from conftest import caption_task, data_uri
+from conftest import ServeProcess, caption_task, data_uri
 
 SERVE = [sys.executable, "-m", "llava_edge", "serve"]
 
@@ -23,40 +22,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    process = subprocess.Popen([*SERVE, "--model", "synthetic-tiny", "--port", str(port), "--threads", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    root = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            httpx.get(f"{root}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    try:
-        yield process, root
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=15)
-
-
 def test_serve_synthetic_tiny_end_to_end(
-    served: tuple[subprocess.Popen[str], str], make_image: Callable[..., bytes]
+    serve_process: Callable[..., ServeProcess], make_image: Callable[..., bytes]
 ) -> None:
-    process, root = served
-    health = httpx.get(f"{root}/health", timeout=5).json()
+    server = serve_process()
+    health = httpx.get(f"{server.http}/health", timeout=5).json()
     assert health["model"] == "synthetic-tiny" and health["queueDepth"] == 0
     task = caption_task(data_uri(make_image()), maxTokens=8)
-    item = httpx.post(f"{root}/v1", json=[task], timeout=60).json()["data"][0]
+    item = httpx.post(f"{server.http}/v1", json=[task], timeout=60).json()["data"][0]
     assert item["taskUUID"] == task["taskUUID"] and item["text"]
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=20)
-    assert process.returncode == 0, output
-    assert "synthetic-tiny loaded; serving http://127.0.0.1" in output
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(20) == 0, server.output
+    assert "synthetic-tiny loaded; serving http://127.0.0.1" in server.output
 
 
 def test_serve_refuses_a_public_bind_without_a_key() -> None:

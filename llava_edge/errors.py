@@ -24,6 +24,7 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   └── InsufficientDiskError             not enough free disk for a download
     ├── InsufficientMemoryError               no variant fits in the available memory
     ├── OutputFileError (ValueError)          a batch output file is corrupt, foreign or locked
+    ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
     └── RuntimeBackendError                   llama.cpp failed to load or run
 """
 
@@ -188,6 +189,12 @@ class InsufficientMemoryError(LlavaEdgeError):
 
     code = "modelUnavailable"
     parameter = "model"
+
+
+class CaptionCancelledError(LlavaEdgeError):
+    """Raised by a caption that was cancelled while it ran (for example by a server shutting down)."""
+
+    code = "serviceUnavailable"
 
 
 class OutputFileError(LlavaEdgeError, ValueError):

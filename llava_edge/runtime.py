@@ -23,7 +23,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
 from . import machine
-from .errors import ContextOverflowError, RuntimeBackendError
+from .errors import CaptionCancelledError, ContextOverflowError, RuntimeBackendError
 from .generation import (
     Generation,
     GenerationOptions,
@@ -68,6 +68,15 @@ def _forward_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         _interrupted.set()
 
 
+@llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
+def _ABORT_NOW(data: ctypes.c_void_p) -> bool:
+    return True
+
+
+_NO_ABORT = llama_cpp.ggml_abort_callback()
+"""A NULL abort callback: llama.cpp runs every batch to the end."""
+
+
 def _raise_if_interrupted() -> None:
     if _interrupted.is_set():
         _interrupted.clear()
@@ -96,6 +105,7 @@ class LlavaRuntime:
         self.files = files
         self.options = options or RuntimeOptions()
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
         gpu_layers, clip_on_gpu = _offload_plan(self.options.device)
         _check_repack_safe(self.options.repack)
         check_model_pair(files.model_path, files.mmproj_path)  # llama.cpp may abort on a bad file
@@ -117,6 +127,18 @@ class LlavaRuntime:
     @property
     def n_ctx(self) -> int:
         return int(llama_cpp.llama_n_ctx(self._ctx))
+
+    def cancel(self) -> None:
+        """Stop the caption in progress, from another thread: llama.cpp abandons its current batch (an
+        image encode already under way still finishes) and ``generate`` raises ``CaptionCancelledError``.
+        The next ``generate`` call runs normally."""
+        self._cancelled.set()
+        if self._ctx is not None:
+            llama_cpp.llama_set_abort_callback(self._ctx, _ABORT_NOW, None)
+
+    def _raise_if_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise CaptionCancelledError("The caption was cancelled before it finished.")
 
     def close(self) -> None:
         """Free the llama.cpp and libmtmd contexts; the runtime is unusable afterwards."""
@@ -169,12 +191,15 @@ class LlavaRuntime:
         """
         options = options or GenerationOptions()
         with self._lock:
+            self._cancelled.clear()
+            llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
             started = time.perf_counter()
             with _Tokenized(self, image, prompt) as tokenized:
                 layout = tokenized.layout()
                 self._check_budget(layout, options.max_tokens)
                 stages = self._evaluate(tokenized)
             _raise_if_interrupted()
+            self._raise_if_cancelled()
             return _Decoder(self, options, started, stages, layout).run()
 
     def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
@@ -250,6 +275,7 @@ class LlavaRuntime:
             ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None,
         )
         if status != 0:
+            self._raise_if_cancelled()
             raise RuntimeBackendError(f"llama.cpp failed to evaluate the image tokens (status {status}).")
         stages["image_encode_s"] += encoded - began
         stages["image_prefill_s"] += time.perf_counter() - encoded
@@ -261,6 +287,7 @@ class LlavaRuntime:
             self._mtmd, self._ctx, chunk, n_past, 0, self.options.n_batch, last, ctypes.byref(new_n_past)
         )
         if status != 0:
+            self._raise_if_cancelled()
             raise RuntimeBackendError(f"llama.cpp failed to evaluate the prompt text (status {status}).")
         return int(new_n_past.value)
 
@@ -404,8 +431,10 @@ class _Decoder:
             tokens = (llama_cpp.llama_token * 1)(token)  # kept alive: the batch only points at it
             batch = llama_cpp.llama_batch_get_one(tokens, 1)
             if llama_cpp.llama_decode(runtime._ctx, batch) != 0:
+                runtime._raise_if_cancelled()
                 raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
             _raise_if_interrupted()
+            runtime._raise_if_cancelled()
         return pieces, "length", first_token_at
 
 

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 UPLOAD_TASK_TYPE = "imageUpload"
 UPLOADS_AT_ONCE = 2
 """Uploads decoded at the same time (each may hold a 40-megapixel image in memory)."""
+CANCEL_GRACE = 5.0
+"""Seconds a caption cancelled at the shutdown deadline gets to unwind, so the model can be closed."""
 _log = logging.getLogger("llava_edge.tasks")
 
 
@@ -115,9 +117,15 @@ class TaskService:
         self.begin_shutdown()
         if self._drainer is not None:
             self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
-        self._worker.join(0.5)
+        self._wait_for_model(CANCEL_GRACE)  # a cancelled caption unwinds at its next llama.cpp batch
         self.deliverer.close(self.settings.delivery_flush_timeout, cancel=self._hurry)
         return self.model_idle
+
+    def _wait_for_model(self, seconds: float) -> None:
+        """Give the model worker up to ``seconds`` to finish, unless a second signal says hurry."""
+        deadline = time.monotonic() + seconds
+        while self._worker.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
+            self._worker.join(0.1)
 
     @property
     def model_idle(self) -> bool:
@@ -148,6 +156,8 @@ class TaskService:
             self._abandoned = True
             running = self._running
         self._stopping.set()
+        if running is not None:
+            self.captioner.runtime.cancel()  # llama.cpp drops the rest of the caption instead of finishing it
         leftovers = [running] if running is not None else []
         while True:
             try:

@@ -265,6 +265,23 @@ def test_second_sigterm_stops_waiting(
     assert time.monotonic() - started < 5, server.output
 
 
+def test_a_caption_still_running_at_the_deadline_is_cancelled(
+    serve_process: Callable[..., ServeProcess], png: str
+) -> None:
+    """A long answer is still being generated inside llama.cpp when the deadline passes: the server cancels
+    it, so the model is idle and closed before the process exits (it does not abandon a running model)."""
+    server = serve_process("--shutdown-timeout", "0.3", "--n-ctx", "8192")
+    task = caption_task(png, deliveryMethod="async", maxTokens=4096, temperature=0)  # greedy: no EOS for ~4 s
+    assert httpx.post(f"{server.http}/v1", json=[task]).status_code == 200
+    wait_until(lambda: httpx.get(f"{server.http}/health").json().get("running") is True)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(15) == 0, server.output
+    assert time.monotonic() - started < 10
+    assert "did not finish by the deadline" in server.output
+    assert "still running at the shutdown deadline" not in server.output
+
+
 def _refuses_connections(url: str) -> bool:
     try:
         httpx.get(f"{url}/health", timeout=1)

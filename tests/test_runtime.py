@@ -151,3 +151,28 @@ def test_k_quant_model_captions_without_crashing() -> None:
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert "TOKENS 8" in done.stdout
+
+
+def test_cancel_stops_a_running_caption_and_the_next_one_runs(tiny_files: ModelFiles) -> None:
+    import threading
+
+    from llava_edge.errors import CaptionCancelledError
+
+    with LlavaRuntime(tiny_files, RuntimeOptions(n_ctx=8192, prefix_cache_bytes=0)) as runtime:
+        long_answer = GenerationOptions(max_tokens=5000, seed=1, temperature=0.9)
+        outcome: list[object] = []
+
+        def caption() -> None:
+            try:
+                outcome.append(runtime.generate(picture(672, 672), PROMPT, long_answer))
+            except CaptionCancelledError as err:
+                outcome.append(err)
+
+        worker = threading.Thread(target=caption)
+        worker.start()
+        threading.Timer(0.3, runtime.cancel).start()
+        worker.join(60)
+        assert not worker.is_alive()
+        assert isinstance(outcome[0], CaptionCancelledError)
+        after = runtime.generate(picture(64, 64), PROMPT, GenerationOptions(max_tokens=4, seed=1))
+        assert after.timings.generated_tokens == 4

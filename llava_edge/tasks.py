@@ -156,8 +156,6 @@ class TaskService:
             self._abandoned = True
             running = self._running
         self._stopping.set()
-        if running is not None:
-            self.captioner.runtime.cancel()  # llama.cpp drops the rest of the caption instead of finishing it
         leftovers = [running] if running is not None else []
         while True:
             try:
@@ -166,6 +164,8 @@ class TaskService:
                 break
             self._queue.task_done()
         failed = sum(self._complete(job, _shutdown_failure(job, started=job is running)) for job in leftovers)
+        if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
+            self.captioner.runtime.cancel()
         if failed:
             _log.warning("shutdown: %d accepted caption tasks did not finish by the deadline and were failed "
                          "(serviceUnavailable)", failed)

@@ -278,7 +278,7 @@ def test_a_caption_still_running_at_the_deadline_is_cancelled(
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(15) == 0, server.output
     assert time.monotonic() - started < 10
-    assert "did not finish by the deadline" in server.output
+    assert "did not finish by the deadline" in server.output, server.output
     assert "still running at the shutdown deadline" not in server.output
 
 

@@ -23,7 +23,8 @@ class PrefixState:
     """The llama.cpp sequence state after the prefix, and the number of positions it covers."""
 
     n_past: int
-    data: bytes
+    data: bytearray
+    """Shared with llama.cpp without copies: never modify it."""
 
 
 class PrefixCache:
@@ -87,12 +88,13 @@ class PrefixCache:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
-        raw = path.read_bytes()
-        header, _, data = raw.partition(b"\n\n")
-        if not header.startswith(_MAGIC) or not header[len(_MAGIC):].isdigit():
+        with path.open("rb") as file:
+            magic, digits, blank = file.readline(), file.readline().strip(), file.readline()
+            data = bytearray(file.read())
+        if magic != _MAGIC or not digits.isdigit() or blank != b"\n":
             path.unlink(missing_ok=True)  # a damaged entry is dropped, never used
             return None
-        return PrefixState(int(header[len(_MAGIC):]), data)
+        return PrefixState(int(digits), data)
 
     def _write(self, key: str, state: PrefixState) -> None:
         path = self._path(key)
@@ -102,7 +104,8 @@ class PrefixCache:
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".kv-")
         try:
             with os.fdopen(handle, "wb") as temp:
-                temp.write(_MAGIC + str(state.n_past).encode() + b"\n\n" + state.data)
+                temp.write(_MAGIC + str(state.n_past).encode() + b"\n\n")
+                temp.write(state.data)
             os.replace(temp_name, path)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)

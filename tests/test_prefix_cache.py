@@ -52,12 +52,12 @@ def test_prefixes_persist_on_disk_across_loads(tiny_files: ModelFiles, tmp_path:
 def test_lru_keeps_within_its_budget_and_drops_damaged_files(tmp_path: Path) -> None:
     cache = PrefixCache(max_bytes=250, directory=tmp_path)
     for key in ("a", "b", "c"):
-        cache.put(key, PrefixState(5, bytes(100)))
+        cache.put(key, PrefixState(5, bytearray(100)))
     assert cache.size <= 250
     assert "a" not in cache._entries and "c" in cache._entries
-    assert cache.get("a") == PrefixState(5, bytes(100))  # evicted from memory, still on disk
+    assert cache.get("a") == PrefixState(5, bytearray(100))  # evicted from memory, still on disk
     (tmp_path / "b.kv").write_bytes(b"garbage")
     cache.clear()
     assert cache.get("b") is None and not (tmp_path / "b.kv").exists()
-    cache.put("huge", PrefixState(1, bytes(1000)))
+    cache.put("huge", PrefixState(1, bytearray(1000)))
     assert "huge" not in cache._entries

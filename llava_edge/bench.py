@@ -134,7 +134,7 @@ def run_benchmark(configs: Sequence[BenchConfig], *, anchor: str | Path | None =
                 result = _run_anchor(config, Path(anchor), Path(scratch), busy_cores)
             else:
                 result = _run_edge(config, Path(scratch), busy_cores)
-            _add_decode_ceiling(result, machine.get("bandwidth_gbs"))
+            add_decode_ceiling(result, machine.get("bandwidth_gbs"))
             report.results.append(result)
             if on_result:
                 on_result(report)
@@ -200,7 +200,8 @@ def _run_anchor(config: BenchConfig, binary: Path, scratch: Path, busy_cores: fl
         run_mtmd(command(image, config.warmup_tokens), config.warmup_tokens)
     runs, samples, settings = [], [], {}
     for image in timed:
-        run, parsed = _quiet_run(lambda: run_mtmd(command(image, config.max_tokens), config.max_tokens), busy_cores)
+        timed_command = command(image, config.max_tokens)
+        run, parsed = _quiet_run(lambda: run_mtmd(timed_command, config.max_tokens), busy_cores)  # noqa: B023
         runs.append(run)
         settings, sample = parsed.settings, asdict(parsed)
         sample.pop("settings")
@@ -280,14 +281,15 @@ def scale_sample(sample: dict[str, Any], factor: float) -> dict[str, Any]:
     return _with_rate(scaled)
 
 
-def _add_decode_ceiling(result: ConfigResult, bandwidth_gbs: float | None) -> None:
+def add_decode_ceiling(result: ConfigResult, bandwidth_gbs: float | None) -> None:
     """Decode ceiling = bandwidth / bytes read per token (weights except the embedding table, plus the KV
     cache at the mean decode context); the measured decode rate as a fraction of it."""
     if not bandwidth_gbs or "decode_tok_s" not in result.summary:
         return
     shape = _text_shape(Path(result.environment["model_path"]))
     counts = result.summary
-    context = counts["prompt_tokens"]["median"] + counts["generated_tokens"]["median"] / 2
+    prompt = counts.get("prompt_tokens", counts.get("image_tokens", {"median": 0.0}))["median"]
+    context = prompt + counts.get("generated_tokens", {"median": 0.0})["median"] / 2
     per_token = shape["weight_bytes_per_token"] + shape["kv_bytes_per_token"] * context
     ceiling = bandwidth_gbs * 1e9 / per_token
     measured = result.summary["decode_tok_s"]["median"]

@@ -145,7 +145,8 @@ def anchor_version(binary: str | Path) -> str:
     import subprocess
 
     try:
-        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
+                              check=False)
     except OSError:
         return "unknown"
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("version")]

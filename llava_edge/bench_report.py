@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchReport, ConfigResult
+from .bench import BenchConfig, BenchReport, ConfigResult
 from .bench_targets import evaluate_targets
 
 GIB = 2**30
@@ -19,6 +19,9 @@ CHART_STAGES = (("image_encode_s", "image encode (CLIP)"), ("image_prefill_s", "
 COLUMNS = ("configuration", "engine", "image", "detail", "settings", "image tok", "load s", "encode s",
            "image prefill s", "TTFT s", "follow-up TTFT s", "decode tok/s", "total s", "peak RSS GiB",
            "decode % of ceiling")
+NOTE = ("Medians; ± is half the min-max range over the timed runs. TTFT = time to first token. Times exclude "
+        "model load (its own column). *Scaled* rows multiply a reduced-layer model's text-model stages to 32 "
+        "layers (estimates, not measurements).")
 
 
 def write_outputs(report: BenchReport, directory: str | Path, stem: str) -> dict[str, Path]:
@@ -34,6 +37,18 @@ def write_outputs(report: BenchReport, directory: str | Path, stem: str) -> dict
     return paths
 
 
+def load_report(path: str | Path) -> BenchReport:
+    """A report read back from its JSON (to re-render it, or to merge runs)."""
+    document = json.loads(Path(path).read_text())
+    results = []
+    for item in document["results"]:
+        config = dict(item.pop("config"))
+        config["image_size"] = tuple(config["image_size"])
+        config["anchor_args"] = tuple(config["anchor_args"])
+        results.append(ConfigResult(config=BenchConfig(**config), **item))
+    return BenchReport(document["created"], document["machine"], document["versions"], results)
+
+
 def markdown(report: BenchReport, *, chart: str | None = None) -> str:
     """The results table (medians, with the spread), the targets, and the machine."""
     lines = [f"# llava-edge benchmark, {report.created}", ""]
@@ -44,9 +59,7 @@ def markdown(report: BenchReport, *, chart: str | None = None) -> str:
         lines.append("| " + " | ".join(_row(result, result.summary)) + " |")
         if result.scaled:
             lines.append("| " + " | ".join(_row(result, result.scaled, scaled=True)) + " |")
-    lines += ["", "Medians; ± is half the min-max range over the timed runs. TTFT = time to first token. "
-              "Times exclude model load (its own column). *Scaled* rows multiply a reduced-layer model's "
-              "text-model stages to 32 layers (estimates, not measurements)."]
+    lines += ["", NOTE]
     targets = evaluate_targets(report)
     if targets:
         lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]

@@ -18,6 +18,7 @@ from llava_edge.bench import (
     BenchConfig,
     BenchReport,
     ConfigResult,
+    add_decode_ceiling,
     bench_image,
     run_benchmark,
     scale_sample,
@@ -25,7 +26,7 @@ from llava_edge.bench import (
 )
 from llava_edge.bench_anchor import mtmd_command, parse_mtmd_output, run_mtmd
 from llava_edge.bench_machine import measure_bandwidth, run_measured
-from llava_edge.bench_report import markdown, write_outputs
+from llava_edge.bench_report import load_report, markdown, write_outputs
 from llava_edge.bench_targets import ANCHOR, AS_ANCHOR, DEFAULTS, LOW, evaluate_targets, sweep_suite
 from llava_edge.cli import main
 from llava_edge.registry import ModelFiles
@@ -162,6 +163,9 @@ def test_outputs_are_written(tiny_report: BenchReport, tmp_path: Path) -> None:
     text = paths["md"].read_text()
     assert "| configuration |" in text and DEFAULTS in text and "tiny.png" in text
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
+    again = load_report(paths["json"])
+    assert again.results[0].config == tiny_report.results[0].config
+    assert again.results[0].summary == tiny_report.results[0].summary
 
 
 def _result(name: str, total: float, ttft: float, rss_gib: float = 1.0, followup: float | None = None) -> ConfigResult:
@@ -217,3 +221,14 @@ def test_bench_command_writes_table_json_and_chart(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cli.json", "cli.md", "cli.png"]
     assert json.loads((tmp_path / "cli.json").read_text())["results"][0]["config"]["runtime"] == {"flash_attn": True}
+
+
+def test_decode_ceiling_needs_only_image_tokens(tiny_files: ModelFiles) -> None:
+    """The anchor reports no prompt token count; the ceiling then uses the image tokens."""
+    sample = {"total_s": 2.0, "decode_s": 1.0, "decode_tok_s": 8.0, "generated_tokens": 8, "image_tokens": 576}
+    result = ConfigResult(BenchConfig("anchor-like"), [sample], summarize([sample]), 1.0, 1, {},
+                          {"model_path": str(tiny_files.model_path)})
+    add_decode_ceiling(result, 20.0)
+    assert result.decode_ceiling["measured_tok_s"] == 8.0
+    assert 0 < result.decode_ceiling["fraction"] < 1
+    assert result.decode_ceiling["bytes_per_token"] > tiny_files.model_path.stat().st_size / 2

@@ -25,9 +25,10 @@ class RuntimeOptions:
     captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
     models on AMX CPUs with the default build (llama.cpp #20824)."""
     use_mmap: bool = True
-    prefix_cache_bytes: int = 512 << 20
-    """Memory for evaluated image prefixes (a follow-up question on the same image skips the image
-    encode and prefill). A real-shape 672x672 image takes about 360 MB. 0 turns the cache off."""
+    prefix_cache_bytes: int = 0
+    """Memory for the evaluated image prefixes of earlier images (about 360 MB for a full 672x672 image).
+    A follow-up question about the *last* image needs none of it: its prefix is reused in place. Off by
+    default, so an 8 GB device keeps its headroom; raise it to switch between several images."""
     prefix_cache_dir: str | None = None
     """Also keep image prefixes on disk here, so they survive a restart."""
 

@@ -40,6 +40,11 @@ class PrefixCache:
         self.misses = 0
 
     @property
+    def enabled(self) -> bool:
+        """True when states are kept at all: a memory budget, or a directory."""
+        return self.max_bytes > 0 or self.directory is not None
+
+    @property
     def size(self) -> int:
         """Bytes held in memory."""
         return self._bytes

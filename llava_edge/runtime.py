@@ -117,6 +117,8 @@ class LlavaRuntime:
         self.load_s = time.perf_counter() - started
         self._marker = mtmd.mtmd_default_marker().decode()
         self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes, self.options.prefix_cache_dir)
+        self._resident: tuple[str, int] | None = None
+        """(prefix key, positions) of the image prefix now in the context, from the last call."""
         self._identity = _identity(files, self.options)
         try:
             _raise_if_interrupted()
@@ -215,19 +217,39 @@ class LlavaRuntime:
             )
 
     def _evaluate(self, tokenized: _Tokenized) -> dict[str, Any]:
-        """Evaluate every chunk from a clear context, restoring the image prefix from the cache when it
-        is there and storing it when it is not; returns seconds per stage."""
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        """Evaluate every chunk; returns seconds per stage.
+
+        The image prefix (``[INST] <image>``) is not evaluated again when it can be had cheaper: still in
+        the context from the last call on the same image (its later tokens are dropped, nothing is
+        copied), or restored from the prefix cache. A newly evaluated prefix goes into the cache when
+        the cache is on."""
         stages: dict[str, Any] = {"image_encode_s": 0.0, "image_prefill_s": 0.0, "text_prefill_s": 0.0}
         count, prefix_end = tokenized.count, tokenized.prefix_end
-        key = self._prefix_key(tokenized) if self.prefix_cache.max_bytes > 0 and prefix_end else None
-        n_past = self._restore_prefix(key, stages) if key else None
+        key = self._prefix_key(tokenized) if prefix_end else None
+        resident, self._resident = self._resident, None
+        n_past = self._reuse_resident(resident, key, stages)
+        if n_past is None:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+            n_past = self._restore_prefix(key, stages) if key and self.prefix_cache.enabled else None
         if n_past is None:
             n_past = self._eval_chunks(tokenized, range(prefix_end), 0, stages)
-            if key:
+            if key and self.prefix_cache.enabled:
                 self.prefix_cache.put(key, self._snapshot(n_past))
+        self._resident = (key, n_past) if key else None
         self._eval_chunks(tokenized, range(prefix_end, count), n_past, stages)
         return stages
+
+    def _reuse_resident(
+        self, resident: tuple[str, int] | None, key: str | None, stages: dict[str, Any]
+    ) -> int | None:
+        """Positions kept when the context already holds this image's prefix, else None."""
+        if resident is None or key is None or resident[0] != key:
+            return None
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, 0, resident[1], -1):
+            return None
+        stages["prefix_cache_hit"] = True
+        return resident[1]
 
     def _eval_chunks(self, tokenized: _Tokenized, indices: range, n_past: int, stages: dict[str, Any]) -> int:
         for index in indices:

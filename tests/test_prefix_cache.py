@@ -1,4 +1,4 @@
-"""The image-prefix cache: a follow-up question skips encode and prefill, and answers stay identical."""
+"""The image prefix: a follow-up question skips encode and prefill, and answers stay identical."""
 
 from __future__ import annotations
 
@@ -12,31 +12,44 @@ from llava_edge.registry import ModelFiles
 from llava_edge.runtime import LlavaRuntime
 
 OPTIONS = GenerationOptions(max_tokens=12, seed=21, temperature=0.7)
+CACHED = RuntimeOptions(prefix_cache_bytes=64 << 20)
 
 
 def image(colour: tuple[int, int, int]) -> Image.Image:
     return Image.new("RGB", (672, 672), colour)
 
 
-def test_follow_up_reuses_the_image_and_answers_like_an_uncached_run(tiny_files: ModelFiles) -> None:
-    with LlavaRuntime(tiny_files) as cached, LlavaRuntime(tiny_files, RuntimeOptions(prefix_cache_bytes=0)) as plain:
-        first = cached.generate(image((10, 20, 30)), "Describe it.", OPTIONS)
-        follow_up = cached.generate(image((10, 20, 30)), "What colour is it?", OPTIONS)
-        reference = plain.generate(image((10, 20, 30)), "What colour is it?", OPTIONS)
-        again = plain.generate(image((10, 20, 30)), "What colour is it?", OPTIONS)
+def test_follow_up_on_the_last_image_reuses_it_in_place(tiny_files: ModelFiles) -> None:
+    with LlavaRuntime(tiny_files) as runtime, LlavaRuntime(tiny_files) as fresh:
+        first = runtime.generate(image((10, 20, 30)), "Describe it.", OPTIONS)
+        follow_up = runtime.generate(image((10, 20, 30)), "What colour is it?", OPTIONS)
+        reference = fresh.generate(image((10, 20, 30)), "What colour is it?", OPTIONS)
+        assert runtime.prefix_cache.size == 0  # the default keeps no copies
     assert not first.timings.prefix_cache_hit and first.timings.image_encode_s > 0
     assert follow_up.timings.prefix_cache_hit and follow_up.timings.image_encode_s == 0
-    assert follow_up.timings.image_tokens == 2880
+    assert follow_up.timings.image_prefill_s == 0 and follow_up.timings.image_tokens == 2880
+    assert not reference.timings.prefix_cache_hit
     assert follow_up.text == reference.text
-    assert not again.timings.prefix_cache_hit
 
 
-def test_another_image_is_a_miss(tiny_files: ModelFiles) -> None:
-    with LlavaRuntime(tiny_files) as runtime:
+def test_another_image_in_between_is_served_from_the_cache(tiny_files: ModelFiles) -> None:
+    with LlavaRuntime(tiny_files, CACHED) as runtime, LlavaRuntime(tiny_files) as fresh:
         runtime.generate(image((1, 2, 3)), "A?", OPTIONS)
         other = runtime.generate(image((3, 2, 1)), "A?", OPTIONS)
-        assert not other.timings.prefix_cache_hit
-        assert (runtime.prefix_cache.hits, runtime.prefix_cache.misses) == (0, 2)
+        back = runtime.generate(image((1, 2, 3)), "B?", OPTIONS)
+        reference = fresh.generate(image((1, 2, 3)), "B?", OPTIONS)
+        assert (runtime.prefix_cache.hits, runtime.prefix_cache.misses) == (1, 2)
+    assert not other.timings.prefix_cache_hit
+    assert back.timings.prefix_cache_hit and back.timings.image_encode_s == 0
+    assert back.text == reference.text
+
+
+def test_without_a_cache_another_image_in_between_means_a_new_encode(tiny_files: ModelFiles) -> None:
+    with LlavaRuntime(tiny_files) as runtime:
+        runtime.generate(image((1, 2, 3)), "A?", OPTIONS)
+        runtime.generate(image((3, 2, 1)), "A?", OPTIONS)
+        back = runtime.generate(image((1, 2, 3)), "B?", OPTIONS)
+    assert not back.timings.prefix_cache_hit and back.timings.image_encode_s > 0
 
 
 def test_prefixes_persist_on_disk_across_loads(tiny_files: ModelFiles, tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """Merge benchmark results into one report and re-render its JSON, markdown and chart.
 
     python benchmarks/merge_results.py BASE.json [MORE.json ...] --out DIR --name STEM
-        [--replace-busy] [--bandwidth-gbs X --bandwidth-note TEXT]
+        [--keep-replaced] [--bandwidth-gbs X --bandwidth-note TEXT]
 
 Results from MORE files replace BASE's results of the same configuration name (a re-measurement, e.g.
-of a run during which the machine was busy); with ``--replace-busy`` the replaced result stays in the
-report, renamed "<name> (busy machine, replaced)". ``--bandwidth-gbs`` sets the machine's measured
+of a run during which the machine was busy); with ``--keep-replaced`` the replaced result stays in the
+report, renamed "<name> (replaced; others used N cores)". ``--bandwidth-gbs`` sets the machine's measured
 bandwidth (e.g. re-measured on a quiet machine) and recomputes every decode ceiling.
 """
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("more", nargs="*")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--replace-busy", action="store_true")
+    parser.add_argument("--keep-replaced", action="store_true")
     parser.add_argument("--bandwidth-gbs", type=float)
     parser.add_argument("--bandwidth-note", default="")
     args = parser.parse_args()
@@ -36,8 +36,9 @@ def main() -> None:
                 report.results.append(result)
                 continue
             index = report.results.index(old)
-            if args.replace_busy:  # keep it, after the new one, under another name
-                old.config = replace(old.config, name=f"{old.config.name} (busy machine, replaced)")
+            if args.keep_replaced:  # keep it, after the new one, under another name
+                others = max(run["others_cores"] for run in old.environment["runs"])
+                old.config = replace(old.config, name=f"{old.config.name} (replaced; others used {others} cores)")
                 report.results.insert(index, result)
             else:
                 report.results[index] = result

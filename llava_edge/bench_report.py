@@ -16,7 +16,7 @@ from .bench_targets import evaluate_targets
 GIB = 2**30
 CHART_STAGES = (("image_encode_s", "image encode (CLIP)"), ("image_prefill_s", "image-token prefill"),
                 ("text_prefill_s", "text prefill"), ("decode_s", "decode"))
-COLUMNS = ("configuration", "engine", "image", "detail", "settings", "image tok", "load s", "encode s",
+COLUMNS = ("configuration", "engine", "image", "detail", "settings", "runs", "image tok", "load s", "encode s",
            "image prefill s", "TTFT s", "follow-up TTFT s", "decode tok/s", "total s", "peak RSS GiB",
            "decode % of ceiling")
 NOTE = ("Medians; ± is half the min-max range over the timed runs. TTFT = time to first token. Times exclude "
@@ -77,7 +77,7 @@ def _row(result: ConfigResult, summary: dict[str, dict[str, float]], *, scaled: 
     ceiling = result.decode_ceiling.get("fraction")
     return [
         name, config.engine, f"{config.image_size[0]}x{config.image_size[1]}", config.detail,
-        _settings(result), _cell(summary, "image_tokens", digits=0), f"{result.load_s:.1f}",
+        _settings(result), str(len(result.samples)), _cell(summary, "image_tokens", digits=0), f"{result.load_s:.1f}",
         _cell(summary, "image_encode_s"), _cell(summary, "image_prefill_s"), _cell(summary, "first_token_s"),
         _cell(summary, "followup_first_token_s", digits=2), _cell(summary, "decode_tok_s", digits=2),
         _cell(summary, "total_s"), f"{result.peak_rss_bytes / GIB:.2f}",

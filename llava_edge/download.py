@@ -227,7 +227,7 @@ def _transfer(plan: _Fetch, target: Target, progress: bool, hint: str) -> Path:
     with WeakFileLock(_lock_path(plan, target)):
         if plan.final.exists():  # a blob with no snapshot link: verify it like a finished part
             os.replace(plan.final, plan.part)
-        with _hub_errors(plan.spec, plan.hub_file, hint, plan):
+        with _hub_errors(plan.spec, plan.hub_file, hint, plan), _disk_errors(plan, hint):
             part = fetch_part(plan.url, plan.part, headers=plan.headers, total=plan.size,
                               label=plan.hub_file.file, progress=progress)
         _verify(plan, part, hint)
@@ -237,8 +237,23 @@ def _transfer(plan: _Fetch, target: Target, progress: bool, hint: str) -> Path:
     return _link_snapshot(plan, target)
 
 
+@contextlib.contextmanager
+def _disk_errors(plan: _Fetch, hint: str) -> Iterator[None]:
+    """A write that fails (disk full, file too large, read-only) becomes a DownloadError; the bytes
+    already written stay in the .part file, so the next call resumes from them."""
+    try:
+        yield
+    except OSError as err:
+        kept = plan.part.stat().st_size if plan.part.exists() else 0
+        raise DownloadError(
+            f"Writing {plan.part} failed: {err.strerror or err}. {kept} bytes are kept there; nothing was "
+            f"installed. Free disk space, then run `{hint}` to resume."
+        ) from err
+
+
 def _verify(plan: _Fetch, part: PartFile, hint: str) -> None:
-    size_ok = plan.size is None or part.size == plan.size
+    on_disk = plan.part.stat().st_size if plan.part.exists() else -1
+    size_ok = on_disk == part.size and (plan.size is None or part.size == plan.size)
     sha = part.digest.hexdigest()
     if size_ok and (not plan.sha256 or sha == plan.sha256):
         if not plan.sha256:

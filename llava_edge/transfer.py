@@ -51,9 +51,14 @@ class PartFile:
         self.size = 0
 
     def append(self, chunk: bytes, sink: BinaryIO) -> None:
-        sink.write(chunk)
-        self.digest.update(chunk)
-        self.size += len(chunk)
+        """Write all of ``chunk``: an unbuffered write may take only part of it (a disk filling up takes
+        what fits, then fails), and only bytes that are on disk may count."""
+        view = memoryview(chunk)
+        while view:
+            written = sink.write(view) or 0
+            self.digest.update(view[:written])
+            self.size += written
+            view = view[written:]
 
 
 def fetch_part(

@@ -205,6 +205,38 @@ def test_killed_process_is_resumed_by_the_next_process(
     assert files.model_path.read_bytes() == data
 
 
+def test_a_disk_that_fills_up_leaves_no_file_taken_for_a_good_one(
+    hub: HubServer, registry: Path, tiny_files: ModelFiles
+) -> None:
+    """The child may write at most 300,000 bytes per file (RLIMIT_FSIZE: writes past it fail like a full
+    disk). The download fails with a clear error, nothing is placed, and the next call resumes and verifies."""
+    data = tiny_files.model_path.read_bytes()
+    limit = 300_000
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "from llava_edge.download import download_model\n"
+        "from llava_edge.errors import DownloadError\n"
+        "try:\n"
+        "    download_model('tiny-q4', registry=sys.argv[1])\n"
+        "except DownloadError as err:\n"
+        "    print('DownloadError:', err)\n"
+        "    sys.exit(3)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(registry)], check=False, capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == 3, child.stdout + child.stderr
+    assert "DownloadError:" in child.stdout
+    assert not snapshot(MODEL).exists() and not blob_part(data).with_suffix("").exists()
+    assert blob_part(data).stat().st_size <= limit  # the partial file is kept only as a .part
+
+    hub.reset_counts()
+    files = download_model("tiny-q4", registry=registry)
+    assert files.model_path.read_bytes() == data
+    assert hub.bytes_sent[MODEL] < len(data)  # resumed from what the full disk had taken
+
+
 # --- verification ----------------------------------------------------------------------------------
 
 

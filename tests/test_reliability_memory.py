@@ -17,11 +17,11 @@ import pytest
 from llava_edge.registry import ModelFiles
 
 ROUNDS = 30
-WARM_UP = 5
-"""The first rounds grow the allocator's arenas (62 -> 88 MiB measured); growth is counted after them."""
-BOUND_MIB = 16
-"""Measured growth after warm-up: -1.1 MiB (30 rounds, tiny model, n_ctx 4096). One round allocates about
-10 MiB (model, KV cache, compute buffers, CLIP context), so leaking it even every other round breaks this."""
+BOUND_MIB = 40
+"""Growth over all 30 rounds, from the first. The allocator grows its arenas once, by up to ~18 MiB, at a
+round that varies from run to run (measured 67 -> 85 MiB, then flat to 0.3 MiB), so a one-time step fits.
+One round allocates about 10 MiB (model, KV cache, compute buffers, CLIP context): leaking it (forgetting
+mtmd_free alone grew 286 MiB) or even 2 MiB of it per round breaks this."""
 
 _ROUNDS = textwrap.dedent(
     """
@@ -54,5 +54,5 @@ def test_rss_stays_flat_over_repeated_load_caption_close(tiny_files: ModelFiles)
     assert result.returncode == 0, result.stderr[-2000:]
     rss: list[float] = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(rss) == ROUNDS
-    growth = max(rss[WARM_UP:]) - max(rss[:WARM_UP])
+    growth = max(rss) - rss[0]
     assert growth < BOUND_MIB, [round(value, 1) for value in rss]

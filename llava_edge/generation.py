@@ -94,6 +94,16 @@ class Generation:
     timings: Timings = field(default_factory=Timings)
 
 
+def image_tokens(layout: list[PromptChunk]) -> int:
+    """Tokens the image takes in a prompt layout."""
+    return sum(chunk.n_tokens for chunk in layout if chunk.kind == "image")
+
+
+def prompt_tokens(layout: list[PromptChunk]) -> int:
+    """Tokens of the whole prompt: text and image."""
+    return sum(chunk.n_tokens for chunk in layout)
+
+
 def contains_stop(pieces: list[bytes], stop: tuple[str, ...]) -> bool:
     text = b"".join(pieces).decode("utf-8", "ignore")
     return any(word and word in text for word in stop)

@@ -32,6 +32,8 @@ from .generation import (
     Timings,
     contains_stop,
     cut_at_stop,
+    image_tokens,
+    prompt_tokens,
 )
 from .modelcheck import check_model_pair
 from .prefix_cache import PrefixCache, PrefixState
@@ -205,13 +207,12 @@ class LlavaRuntime:
             return _Decoder(self, options, started, stages, layout).run()
 
     def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
-        image_tokens = sum(chunk.n_tokens for chunk in layout if chunk.kind == "image")
-        prompt_tokens = sum(chunk.n_tokens for chunk in layout)
-        if prompt_tokens + max_tokens > self.n_ctx:
-            blamed = "maxTokens" if prompt_tokens < self.n_ctx else "prompt"
+        image, prompt = image_tokens(layout), prompt_tokens(layout)
+        if prompt + max_tokens > self.n_ctx:
+            blamed = "maxTokens" if prompt < self.n_ctx else "prompt"
             raise ContextOverflowError(
-                f"The image ({image_tokens} tokens) plus prompt ({prompt_tokens - image_tokens} tokens) plus "
-                f"max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
+                f"The image ({image} tokens) plus prompt ({prompt - image} tokens) plus "
+                f"max_tokens ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
                 "Lower max_tokens, use detail=\"low\", or load the model with a larger n_ctx.",
                 parameter=blamed,
             )
@@ -438,8 +439,8 @@ class _Decoder:
             first_token_s=first - self.started,
             decode_s=finished - first,
             total_s=finished - self.started,
-            image_tokens=sum(chunk.n_tokens for chunk in self.layout if chunk.kind == "image"),
-            prompt_tokens=sum(chunk.n_tokens for chunk in self.layout),
+            image_tokens=image_tokens(self.layout),
+            prompt_tokens=prompt_tokens(self.layout),
             generated_tokens=len(pieces),
         )
         return Generation(text=text, finish_reason=reason, timings=timings)

@@ -1,13 +1,36 @@
-"""llava-edge: offline image captioning with LLaVA-1.6-Mistral-7B GGUF, speaking the Runware caption API."""
+"""llava-edge: offline image captioning with LLaVA-1.6-Mistral-7B GGUF, speaking the Runware caption API.
 
-from . import errors
-from .api import Captioner, CaptionResult, caption, run_task
-from .batch import caption_many
-from .download import download_model
-from .generation import GenerationOptions, RuntimeOptions, Timings
-from .registry import ModelFiles, ModelSpec, available_models
+The public names load on first use (PEP 562), so ``import llava_edge`` and the commands that only manage
+model files never import ``llama_cpp``: a missing or broken GPU build of llama-cpp-python cannot break them.
+"""
 
-__version__ = "0.1.0"
+import typing as _typing
+from importlib import import_module as _import_module
+
+from llava_edge import errors
+from llava_edge._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from llava_edge.api import Captioner, CaptionResult, caption, run_task
+    from llava_edge.batch.runner import caption_many
+    from llava_edge.generation import GenerationOptions, RuntimeOptions, Timings
+    from llava_edge.models.catalog import ModelFiles, ModelSpec, available_models
+    from llava_edge.models.download import download_model
+
+_LAZY = {
+    "CaptionResult": "llava_edge.api",
+    "Captioner": "llava_edge.api",
+    "GenerationOptions": "llava_edge.generation",
+    "ModelFiles": "llava_edge.models.catalog",
+    "ModelSpec": "llava_edge.models.catalog",
+    "RuntimeOptions": "llava_edge.generation",
+    "Timings": "llava_edge.generation",
+    "available_models": "llava_edge.models.catalog",
+    "caption": "llava_edge.api",
+    "caption_many": "llava_edge.batch.runner",
+    "download_model": "llava_edge.models.download",
+    "run_task": "llava_edge.api",
+}
 
 __all__ = [
     "CaptionResult",
@@ -25,3 +48,17 @@ __all__ = [
     "errors",
     "run_task",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import a public name's module the first time the name is used."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llava_edge' has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

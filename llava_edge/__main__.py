@@ -1,5 +1,5 @@
 """``python -m llava_edge`` runs the command line."""
 
-from .cli import main
+from llava_edge.cli import main
 
 main()

@@ -15,15 +15,16 @@ from typing import Any, Self
 
 from PIL import Image
 
-from .cost import CostModel
-from .errors import LlavaEdgeError
-from .generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
-from .image_store import ImageStore
-from .images import ImageInput, ImageLimits, load_image
-from .models import model_files
-from .registry import ModelFiles, Registry, load_registry
-from .runtime import LlavaRuntime
-from .schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
+from llava_edge.cost import CostModel
+from llava_edge.errors import LlavaEdgeError
+from llava_edge.generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
+from llava_edge.image_store import ImageStore
+from llava_edge.images import ImageInput, ImageLimits, load_image
+from llava_edge.models.catalog import ModelFiles, Registry, load_registry
+from llava_edge.models.resolve import model_files
+from llava_edge.runtime.engine import LlavaRuntime
+from llava_edge.runtime.quantize import quantize_gguf
+from llava_edge.schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
 
 LOW_DETAIL_SIDE = 336
 """``detail="low"``: the image is scaled to fit 336x336, one CLIP view, 576 image tokens."""
@@ -71,7 +72,7 @@ class Captioner:
     ):
         self.files: ModelFiles = model_files(
             model, model_path=model_path, mmproj_path=mmproj_path, registry=registry,
-            cache_dir=cache_dir, offline=offline,
+            cache_dir=cache_dir, offline=offline, quantize=quantize_gguf,
         )
         self.registry = registry
         self.generation = generation or GenerationOptions()

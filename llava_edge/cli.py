@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .errors import LlavaEdgeError
+from llava_edge._version import __version__
+from llava_edge.errors import LlavaEdgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +45,9 @@ def runtime_options(function: F) -> F:
         click.option("--model", "-m", default=None, help="Variant id, alias, runware:150@2, or synthetic-tiny."),
         click.option("--model-path", type=click.Path(exists=True, dir_okay=False), help="A local text-model GGUF."),
         click.option("--mmproj-path", type=click.Path(exists=True, dir_okay=False), help="Its local mmproj GGUF."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "metal", "cuda"]), default="auto", show_default=True),
+        click.option(
+            "--device", type=click.Choice(["auto", "cpu", "metal", "cuda"]), default="auto", show_default=True
+        ),
         click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores)."),
         click.option("--n-ctx", type=click.IntRange(512), default=4096, show_default=True),
         click.option("--offline", is_flag=True, default=None, help="Use only the local model cache."),
@@ -58,7 +60,7 @@ def runtime_options(function: F) -> F:
 
 def captioner_config(options: dict[str, Any], **runtime_changes: Any) -> dict[str, Any]:
     """Captioner keyword arguments from the shared runtime options of a command (plus RuntimeOptions changes)."""
-    from .generation import RuntimeOptions
+    from llava_edge.generation import RuntimeOptions
 
     runtime = RuntimeOptions(
         device=options["device"], n_ctx=options["n_ctx"], threads=options["threads"], threads_batch=options["threads"],
@@ -72,7 +74,7 @@ def captioner_config(options: dict[str, Any], **runtime_changes: Any) -> dict[st
 
 def load_captioner(options: dict[str, Any], **runtime_changes: Any) -> Any:
     """A Captioner built from the shared runtime options of a command."""
-    from .api import Captioner
+    from llava_edge.api import Captioner
 
     return Captioner(**captioner_config(options, **runtime_changes))
 
@@ -109,16 +111,17 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
     With --out or --sidecar, captions go to files with a progress bar, a bad image becomes an error record,
     and running the same command again skips the images already done.
     """
-    from .batch import discover_images
-    from .batch_output import open_sinks
-    from .generation import GenerationOptions
+    from llava_edge.batch.outputs import open_sinks
+    from llava_edge.batch.runner import discover_images
+    from llava_edge.generation import GenerationOptions
 
     if out_format is not None and out is None:
         raise click.UsageError("--format is the format of --out; give --out too.")
     found = discover_images(images, recursive=recursive)
     if not found:
         raise click.UsageError(f"No images found in {', '.join(images)}.")
-    changes = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v is not None}
+    given = (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
+    changes: dict[str, Any] = {name: value for name, value in given if value is not None}
     job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes)}
     to_files = out is not None or sidecar
     with _stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
@@ -137,7 +140,7 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
                  options: dict[str, Any], progress: bool | None, stop: threading.Event) -> Any:
     """Caption on Ray, or here with the model loaded once (image-prefix cache off: each image is new)."""
     if ray_address is not None:
-        from .ray_data import caption_on_ray, import_ray
+        from llava_edge.batch.ray_data import caption_on_ray, import_ray
 
         try:
             import_ray()
@@ -146,7 +149,7 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
         return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **job,
                               gpus_per_actor=1 if options["device"] == "cuda" else 0,
                               **captioner_config(options, prefix_cache_bytes=0))
-    from .batch import caption_many, run_batch
+    from llava_edge.batch.runner import caption_many, run_batch
 
     with load_captioner(options, prefix_cache_bytes=0) as captioner:
         records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"],
@@ -189,12 +192,11 @@ def _report(summary: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def info(as_json: bool) -> None:
     """What this machine and the installed llama-cpp-python can do."""
-    from . import machine
-    from .runtime import backend_info
+    from llava_edge import machine
 
     facts = {
         "llava_edge": __version__,
-        **backend_info(),
+        **_probe_backend(),
         "cpu": machine.cpu_model(),
         "cpu_features": machine.cpu_flags(),
         "threads": machine.cpu_count(),
@@ -209,8 +211,26 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:>18}: {shown}")
 
 
+def _probe_backend() -> dict[str, Any]:
+    """What llama-cpp-python can do, asked in a child process: a broken or missing build (a GPU build
+    without its driver, say) is reported here instead of crashing ``info``."""
+    import subprocess
+
+    command = [sys.executable, "-m", "llava_edge.runtime.probe"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode == 0:
+            facts: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+            return facts
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
+        reason = str(err) or type(err).__name__
+    return {"llama_cpp_python": f"unusable ({reason}); reinstall llama-cpp-python"}
+
+
 @main.command()
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1). Anything but loopback needs --api-key.")
+@click.option("--host", default=None,
+              help="Address to bind (default 127.0.0.1). Anything but loopback needs --api-key.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 8765).")
 @click.option("--api-key", envvar="LLAVA_EDGE_API_KEY", default=None,
               help="Key clients must send (env LLAVA_EDGE_API_KEY). Without one, any key is accepted.")
@@ -231,17 +251,18 @@ def info(as_json: bool) -> None:
 def serve(host: str | None, port: int | None, api_key: str | None, max_queue: int | None, result_ttl: int | None,
           fetch_hosts: tuple[str, ...], no_fetch: bool, shutdown_timeout: float | None, **options: Any) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
-    from .server_settings import ServerSettings, normalise_host
+    from llava_edge.server.settings import ServerSettings, normalise_host
 
     if no_fetch and fetch_hosts:
         raise click.UsageError("--no-fetch forbids every host; leave out --allow-fetch-host.")
-    given = {"host": host, "port": port, "api_key": api_key, "max_queue": max_queue, "result_ttl": result_ttl,
-             "shutdown_timeout": shutdown_timeout,
-             "fetch_hosts": frozenset() if no_fetch else frozenset(map(normalise_host, fetch_hosts)) or None}
+    allowed_hosts = frozenset() if no_fetch else frozenset(map(normalise_host, fetch_hosts)) or None
+    given: dict[str, Any] = {"host": host, "port": port, "api_key": api_key, "max_queue": max_queue,
+                             "result_ttl": result_ttl, "shutdown_timeout": shutdown_timeout,
+                             "fetch_hosts": allowed_hosts}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:
-        from .server import run_server
+        from llava_edge.server.app import run_server
     except ImportError as err:
         raise click.ClickException(str(err)) from err
     captioner = load_captioner(options)
@@ -266,7 +287,7 @@ def pull(variant: str | None, registry: str | None, local_dir: str | None, token
 
     An interrupted download resumes where it stopped on the next run; files already present are re-hashed.
     """
-    from .download import download_model
+    from llava_edge.models.download import download_model
 
     files = download_model(variant, registry=registry, local_dir=local_dir, token=token,
                            progress=False if quiet else None, verify_cached=True)
@@ -280,7 +301,7 @@ def pull(variant: str | None, registry: str | None, local_dir: str | None, token
 @_user_errors
 def models(registry: str | None, as_json: bool) -> None:
     """Every variant: size on disk, RAM it needs at n_ctx 4096, whether it is downloaded, default and auto."""
-    from .models import list_variants
+    from llava_edge.models.resolve import list_variants
 
     rows = list_variants(registry=registry)
     if as_json:
@@ -291,6 +312,13 @@ def models(registry: str | None, as_json: bool) -> None:
         notes = ", ".join(note for note, on in (("default", row.default), ("auto", row.auto)) if on)
         click.echo(f"{row.id:<14}{row.size_bytes / 1e9:>7.2f}GB{row.memory_bytes / 2**30:>7.1f}GiB  "
                    f"{'yes' if row.downloaded else 'no':<11}{notes:<14}{', '.join(row.aliases)}")
+
+
+def _write_partial(report: Any, out: str, stem: str) -> None:
+    """Write the report so far, so that what finished is kept if a later configuration fails."""
+    from llava_edge.bench.report import write_outputs
+
+    write_outputs(report, out, stem)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -312,7 +340,7 @@ def _bench_runtime(repack: bool | None, flash_attn: bool | None, threads: int | 
 @click.option("--model", "-m", default="synthetic-real-shape-4l", show_default=True,
               help="Variant id / alias, or synthetic-<preset> (real-shape, real-shape-4l, tiny).")
 @click.option("--suite", type=click.Choice(["custom", "targets", "sweep"]), default="custom", show_default=True,
-              help="custom: --image-size x --detail with one option set; targets: the issue-5 target matrix; "
+              help="custom: --image-size x --detail with one option set; targets: the performance target matrix; "
                    "sweep: one CPU setting at a time.")
 @click.option("--only", multiple=True, help="Run only the suite configurations with these names.")
 @click.option("--image-size", "sizes", multiple=True, default=("672x672",), show_default=True)
@@ -343,12 +371,12 @@ def bench(model: str, suite: str, only: tuple[str, ...], sizes: tuple[str, ...],
     """Benchmark captioning per stage; write JSON, a markdown table and a PNG chart."""
     import time
 
-    from .bench import run_benchmark
-    from .bench_report import write_outputs
-    from .bench_targets import custom_suite, sweep_suite, target_suite
+    from llava_edge.bench.report import write_outputs
+    from llava_edge.bench.runner import run_benchmark
+    from llava_edge.bench.suites import custom_suite, sweep_suite, target_suite
 
     runtime = _bench_runtime(**settings)
-    common = {"runs": runs, "warmup": warmup, "max_tokens": max_tokens}
+    common: dict[str, Any] = {"runs": runs, "warmup": warmup, "max_tokens": max_tokens}
     if suite == "targets":
         configs = target_suite(model, size=_size(sizes[0]), anchor=anchor, **common)
     elif suite == "sweep":
@@ -362,7 +390,7 @@ def bench(model: str, suite: str, only: tuple[str, ...], sizes: tuple[str, ...],
     stem = name or f"{model}-{suite}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     report = run_benchmark(configs, anchor=anchor, measure_bandwidth=not no_bandwidth,
                            progress=lambda line: click.echo(line, err=True),
-                           on_result=lambda partial: write_outputs(partial, out, stem),  # keep what finished
+                           on_result=lambda partial: _write_partial(partial, out, stem),
                            busy_cores=busy_cores)
     for kind, path in write_outputs(report, out, stem).items():
         click.echo(f"{kind}: {path}")

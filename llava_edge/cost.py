@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import InvalidRequestError
+from llava_edge.errors import InvalidRequestError
 
 RUNWARE_PRICE_PER_TOKEN = 0.0019 / 90
 

@@ -24,6 +24,8 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   └── InsufficientDiskError             not enough free disk for a download
     ├── InsufficientMemoryError               no variant fits in the available memory
     ├── OutputFileError (ValueError)          a batch output file is corrupt, foreign or locked
+    ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray) is not installed
+    ├── BenchmarkError                        a benchmark's worker process or the llama-mtmd-cli anchor failed
     ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
     └── RuntimeBackendError                   llama.cpp failed to load or run
 """
@@ -202,6 +204,19 @@ class OutputFileError(LlavaEdgeError, ValueError):
 
     code = "invalidOutputFile"
     parameter = "out"
+
+
+class MissingExtraError(LlavaEdgeError, ImportError):
+    """Raised when a feature needs an optional extra that is not installed; the message names the extra."""
+
+    code = "missingDependency"
+
+
+class BenchmarkError(LlavaEdgeError):
+    """Raised when a benchmark cannot run a configuration: its worker process or the llama-mtmd-cli anchor
+    failed, or the anchor is missing. The message quotes the end of the failing process's output."""
+
+    code = "benchmarkFailed"
 
 
 class RuntimeBackendError(LlavaEdgeError):

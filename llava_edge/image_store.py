@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .errors import InvalidImageError
-from .paths import data_dir
-from .schema import is_uuid4
+from llava_edge.errors import InvalidImageError
+from llava_edge.paths import data_dir
+from llava_edge.schema import is_uuid4
 
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 
@@ -75,5 +75,5 @@ def _format_of(data: bytes) -> str:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return str(image.format)
-    except Exception:  # noqa: BLE001 (the caller validated the bytes; an odd file is stored as .bin)
+    except Exception:
         return ""

@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError
-from .remote import TransferError, TransferLimits, fetch_bytes
-from .schema import is_uuid4
+from llava_edge.errors import InvalidImageError
+from llava_edge.outbound import TransferError, TransferLimits, fetch_bytes
+from llava_edge.schema import is_uuid4
 
 if TYPE_CHECKING:
-    from .image_store import ImageStore
+    from llava_edge.image_store import ImageStore
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
-_DATA_URI = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE)
+_DATA_URI = re.compile(
+    r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE
+)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -72,7 +74,9 @@ def read_image_bytes(source: ImageInput, *, limits: ImageLimits, store: ImageSto
     if isinstance(source, os.PathLike):
         return _read_path(Path(source), limits)
     if not isinstance(source, str):
-        raise InvalidImageError(f"An image must be a path, bytes, a PIL image or a string, not {type(source).__name__}.")
+        raise InvalidImageError(
+            f"An image must be a path, bytes, a PIL image or a string, not {type(source).__name__}."
+        )
     text = source.strip()
     if text.lower().startswith(("http://", "https://")):
         return _fetch(text, limits)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import InvalidRequestError
+from llava_edge.errors import InvalidRequestError
 
 CAPTION_TASK_TYPES = ("caption", "imageCaption")
 RESPONSE_TASK_TYPE = "imageCaption"
@@ -203,9 +203,11 @@ class _Fields:
     def required_string(self, name: str, what: str) -> str:
         value = self.payload.get(name)
         if value is None:
-            raise self.fail(f"{name} is required (for example \"runware:150@2\").", f"missing{_capitalised(name)}", name)
+            raise self.fail(f"{name} is required (for example \"runware:150@2\").",
+                            f"missing{_capitalised(name)}", name)
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"{name} must be a non-empty string naming the {what}.", f"invalid{_capitalised(name)}", name)
+            raise self.fail(f"{name} must be a non-empty string naming the {what}.",
+                            f"invalid{_capitalised(name)}", name)
         return value
 
     def image(self) -> str:
@@ -240,7 +242,8 @@ class _Fields:
 
     def _single_of_list(self, value: Any) -> str:
         if not isinstance(value, list) or not value:
-            raise self.fail("inputImages must be a non-empty list of image strings.", "invalidInputImages", "inputImages")
+            raise self.fail("inputImages must be a non-empty list of image strings.", "invalidInputImages",
+                            "inputImages")
         if len(value) > 1:
             raise self.fail(
                 f"inputImages holds {len(value)} images; LLaVA-1.6 captions one image per task. "

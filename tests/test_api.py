@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ImageFactory, data_uri
 from PIL import Image
+from support.images import ImageFactory, data_uri
 
 import llava_edge
 from llava_edge import Captioner, caption, run_task
@@ -158,7 +158,7 @@ def test_cost_model_default_mirrors_the_runware_price_and_is_configurable(monkey
 
 def test_public_surface_is_explicit_and_sorted() -> None:
     assert llava_edge.__all__ == sorted(llava_edge.__all__)
-    public = {name for name in vars(llava_edge) if not name.startswith("_")}
+    public = {name for name in dir(llava_edge) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(llava_edge, name)).__name__ == "module"}
     assert public - modules == set(llava_edge.__all__) - {"errors", "__version__"}
     assert "errors" in modules

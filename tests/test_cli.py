@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ImageFactory
+from support.images import ImageFactory
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llava_edge", *args], check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "llava_edge", *args], check=False, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_caption_json(tmp_path: Path, make_image: ImageFactory) -> None:

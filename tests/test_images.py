@@ -7,65 +7,29 @@ import io
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
-from conftest import ImageFactory, data_uri
 from PIL import Image
+from support.image_host import ImageRoutes
+from support.images import ImageFactory, data_uri
 
 from llava_edge.errors import InvalidImageError
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageLimits, load_image
-from llava_edge.remote import TransferLimits
-
-
-class _Routes(BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, tuple[int, str, bytes]]] = {}
-
-    def do_GET(self) -> None:
-        if self.path == "/endless":
-            return self._endless()
-        if self.path == "/redirect-ftp":
-            self.send_response(302)
-            self.send_header("Location", "ftp://127.0.0.1/x.png")
-            self.end_headers()
-            return None
-        status, content_type, body = self.routes.get(self.path, (404, "text/plain", b"missing"))
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        return None
-
-    def _endless(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.end_headers()
-        for _ in range(400):  # bounded: 400 x 0.05 s at most
-            try:
-                self.wfile.write(b"\0" * 1024)
-                self.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.05)
-
-    def log_message(self, *args: object) -> None:
-        pass
+from llava_edge.outbound import TransferLimits
 
 
 @pytest.fixture
 def web(make_image: ImageFactory) -> Iterator[str]:
     """A loopback HTTP server with an image, an HTML page, a 404 and a trickling endless body."""
-    _Routes.routes = {
+    ImageRoutes.routes = {
         "/cat.png": (200, "image/png", make_image(40, 30)),
         "/page.html": (200, "text/html", b"<html><body>not an image</body></html>"),
         "/untyped": (200, "", make_image(40, 30)),
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Routes)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageRoutes)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -7,9 +7,9 @@ from pathlib import Path
 from PIL import Image
 
 from llava_edge import GenerationOptions, RuntimeOptions
+from llava_edge.models.catalog import ModelFiles
 from llava_edge.prefix_cache import PrefixCache, PrefixState
-from llava_edge.registry import ModelFiles
-from llava_edge.runtime import LlavaRuntime
+from llava_edge.runtime.engine import LlavaRuntime
 
 OPTIONS = GenerationOptions(max_tokens=12, seed=21, temperature=0.7)
 CACHED = RuntimeOptions(prefix_cache_bytes=64 << 20)

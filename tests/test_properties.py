@@ -26,11 +26,11 @@ from PIL import Image
 
 from llava_edge import Captioner, GenerationOptions
 from llava_edge.errors import ContextOverflowError, InvalidRequestError, LlavaEdgeError
+from llava_edge.generation import RuntimeOptions
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageLimits
-from llava_edge.registry import ModelFiles
-from llava_edge.remote import TransferLimits
-from llava_edge.runtime import RuntimeOptions
+from llava_edge.models.catalog import ModelFiles
+from llava_edge.outbound import TransferLimits
 from llava_edge.schema import CaptionRequest, parse_caption_request
 
 ERROR_CODE = re.compile(r"^(invalid|missing|unsupported|max)[A-Z][A-Za-z]*$")

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ImageFactory, data_uri
-from test_images import _Routes
+from support.image_host import ImageRoutes
+from support.images import ImageFactory, data_uri
 
 from llava_edge.errors import InvalidImageError
 from llava_edge.images import ImageLimits, load_image
-from llava_edge.remote import TransferLimits
+from llava_edge.outbound import TransferLimits
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 CLEAR_CODES = ("invalidInputsImage", "unsupportedImageFormat")
@@ -54,7 +54,8 @@ def png(width: int, height: int, *chunks: tuple[bytes, bytes], idat: bytes | Non
 
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))  # 8-bit grayscale
     body = idat if idat is not None else zlib.compress(b"\0" * (width + 1) * height)
-    return b"\x89PNG\r\n\x1a\n" + header + b"".join(chunk(*c) for c in chunks) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + header + b"".join(chunk(*c) for c in chunks) + chunk(b"IDAT", body)
+            + chunk(b"IEND", b""))
 
 
 # --- truncated and corrupted files ---------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_data_uri_media_type_is_a_hint_the_bytes_decide(make_image: ImageFactory
 # --- hostile servers --------------------------------------------------------------------------------------
 
 
-class _HostileRoutes(_Routes):
+class _HostileRoutes(ImageRoutes):
     """test_images' routes plus servers that lie, stall, trickle or loop."""
 
     def do_GET(self) -> None:

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from llava_edge.registry import ModelFiles
+from llava_edge.models.catalog import ModelFiles
 
 ROUNDS = 30
 BOUND_MIB = 40

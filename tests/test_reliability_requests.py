@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ImageFactory, data_uri
+from support.images import ImageFactory, data_uri
 
 import llava_edge
 from llava_edge import Captioner
@@ -207,7 +207,7 @@ def redirector() -> Iterator[str]:
 
 
 def test_a_redirect_to_a_file_url_is_refused(captioner: Captioner, redirector: str, opened: list[str]) -> None:
-    with pytest.raises(InvalidImageError, match="redirect refused|HTTP 302"):  # urllib itself refuses file:
+    with pytest.raises(InvalidImageError, match=r"redirect refused|HTTP 302"):  # urllib itself refuses file:
         captioner.run_task(caption_task(redirector))
     assert "/etc/passwd" not in opened
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from llava_edge import Captioner, GenerationOptions, RuntimeOptions
 from llava_edge.errors import ContextOverflowError, RuntimeBackendError
-from llava_edge.registry import ModelFiles
-from llava_edge.runtime import LlavaRuntime, backend_info
+from llava_edge.models.catalog import ModelFiles
+from llava_edge.runtime.backend import backend_info
+from llava_edge.runtime.engine import LlavaRuntime
 
 PROMPT = "Describe this image in 3-5 vivid sentences."
 
@@ -140,8 +141,9 @@ def test_k_quant_model_captions_without_crashing() -> None:
         """
         from PIL import Image
         from llava_edge import Captioner, GenerationOptions
-        from llava_edge.synthetic import build_synthetic_pair
-        files = build_synthetic_pair("kquant-small")
+        from llava_edge.models.synthetic import build_synthetic_pair
+        from llava_edge.runtime.quantize import quantize_gguf
+        files = build_synthetic_pair("kquant-small", quantize=quantize_gguf)
         with Captioner(model_path=files.model_path, mmproj_path=files.mmproj_path) as captioner:
             result = captioner.describe(Image.new("RGB", (336, 336), "teal"), "Describe it.",
                                         options=GenerationOptions(max_tokens=8, seed=1))

@@ -31,10 +31,14 @@ def test_current_shape_with_every_field() -> None:
             topP=1, seed=3,
         )
     )
-    assert (request.task_type, request.task_uuid, request.image, request.prompt) == ("caption", UUID, IMAGE, "Describe it.")
+    assert (request.task_type, request.task_uuid, request.image, request.prompt) == (
+        "caption", UUID, IMAGE, "Describe it."
+    )
     assert request.delivery_method == "async" and request.include_cost is True
     assert request.output_format == "WEBP" and request.output_quality == 20 and request.ttl == 60
-    assert (request.detail, request.max_tokens, request.temperature, request.top_p, request.seed) == ("low", 12, 0.0, 1.0, 3)
+    assert (request.detail, request.max_tokens, request.temperature, request.top_p, request.seed) == (
+        "low", 12, 0.0, 1.0, 3
+    )
 
 
 def test_legacy_shape_with_prompt_list_and_single_image_list() -> None:

@@ -1,0 +1,386 @@
+"""``llava-edge serve``: the Runware API (REST and WebSocket) in front of one loaded model.
+
+``create_app(captioner, settings)`` builds a FastAPI app with no module globals:
+
+* ``POST /v1`` (and ``/``): a JSON array of tasks -> ``{"data": [...]}`` / ``{"errors": [...]}``; the HTTP
+  status is chosen by the TYPE of the error (``status_for``), never by its text.
+* WebSocket ``/v1`` (and ``/``): authentication handshake, ping/pong, task arrays, one frame per answer.
+* ``GET /images/<uuid>.<ext>``: images stored by ``imageUpload``; ``GET /health``: model and queue.
+
+Task semantics live in ``tasks.py``; this module is transport only. Needs the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request, WebSocket
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.datastructures import URL
+    from starlette.websockets import WebSocketDisconnect
+except ImportError as err:  # pragma: no cover - exercised without the extra installed
+    from llava_edge.errors import MissingExtraError
+
+    raise MissingExtraError(
+        f"The llava-edge server needs FastAPI, uvicorn and websockets ({err.name} is missing). "
+        'Install them with: pip install "llava-edge[server]"'
+    ) from err
+
+from llava_edge._version import __version__
+from llava_edge.errors import (
+    AuthenticationError,
+    ConflictTaskUUIDError,
+    InvalidImageError,
+    InvalidRequestError,
+    LlavaEdgeError,
+    ModelNotCachedError,
+    PayloadTooLargeError,
+    RuntimeBackendError,
+    ServerBusyError,
+    TaskNotFoundError,
+    UnknownModelError,
+)
+from llava_edge.schema import is_uuid4, task_identity
+from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
+from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
+from llava_edge.server.task_results import Outcome
+from llava_edge.server.task_service import TaskService
+
+if TYPE_CHECKING:
+    from llava_edge.api import Captioner
+
+_log = logging.getLogger("llava_edge.server.app")
+_STATUS: dict[type[BaseException], int] = {
+    AuthenticationError: 401,
+    TaskNotFoundError: 404,
+    ConflictTaskUUIDError: 409,
+    PayloadTooLargeError: 413,
+    InvalidRequestError: 400,
+    UnknownModelError: 400,
+    ModelNotCachedError: 503,
+    ServerBusyError: 503,
+    RuntimeBackendError: 500,
+}
+_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
+
+
+def status_for(error: BaseException) -> int:
+    """The HTTP status of an error, by the nearest class in its MRO that has one (default 500)."""
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
+    """The Runware-compatible app for one loaded ``Captioner``. The model worker starts with the app."""
+    settings = settings or ServerSettings()
+    service = TaskService(captioner, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        await asyncio.to_thread(service.stop)  # bounded: shutdown_timeout + delivery_flush_timeout
+
+    app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    _add_rest(app, service)
+    _add_websocket(app, service)
+    _add_resources(app, service)
+    return app
+
+
+def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> uvicorn.Config:
+    """The uvicorn configuration that enforces the settings' frame size and connection limits. Open
+    requests get as long as the drain to be answered when the server stops."""
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, ws_max_size=settings.max_body_bytes,
+        limit_concurrency=settings.max_connections, log_level=log_level,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 1,
+    )
+
+
+def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
+    """Serve until SIGTERM or Ctrl-C, then shut down gracefully and return (no signal is re-raised).
+
+    The first signal stops accepting connections and new captions; the accepted captions get
+    ``settings.shutdown_timeout`` seconds to finish (the rest are failed and reported to their webhooks),
+    then pending deliveries get ``settings.delivery_flush_timeout`` seconds. A second signal stops waiting.
+
+    Returns:
+        True when the model is idle, so the captioner may be closed; False when a caption still runs
+        in it past the deadline.
+
+    Raises:
+        ServerConfigError: unsafe settings (checked before binding).
+    """
+    settings.check()
+    app = create_app(captioner, settings)
+    service: TaskService = app.state.service
+    server = _DrainingServer(uvicorn_config(app, settings), service)
+    with _signals_absorbed():
+        server.run()
+    return service.model_idle
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server that starts the task service's drain as soon as it decides to exit (from the
+    event loop, not inside the signal handler), and stops all waiting on a second signal (uvicorn itself
+    only cuts its own wait short, and only on a second Ctrl-C)."""
+
+    def __init__(self, config: uvicorn.Config, service: TaskService):
+        super().__init__(config)
+        self.service = service
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if should_exit:
+            self.service.begin_shutdown()
+        return should_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+            self.service.hurry()
+        super().handle_exit(sig, frame)
+
+
+@contextmanager
+def _signals_absorbed() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it once it has shut down, which would kill the process
+    with SIGTERM (exit -15) or raise KeyboardInterrupt. Ignore that re-raise; restore the handlers after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, _ignore) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    _log.debug("signal %d after shutdown ignored", signum)
+
+
+# -- REST -----------------------------------------------------------------------------------------
+
+
+def _add_rest(app: FastAPI, service: TaskService) -> None:
+    async def post_tasks(request: Request) -> Response:
+        try:
+            body = await _read_body(request, service.settings.max_body_bytes)
+            tasks = _rest_tasks(request, parse_task_array(body, service.settings), service.settings)
+        except LlavaEdgeError as err:
+            return _envelope([Outcome.failure(err)])
+        base_url = _http_base(request.base_url)
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url) for task in tasks))
+        return _envelope(list(outcomes))
+
+    options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
+    app.add_api_route("/v1", post_tasks, summary="Run Runware tasks", **options)
+    app.add_api_route("/", post_tasks, include_in_schema=False, **options)
+
+
+async def _answer(service: TaskService, task: Any, base_url: str) -> Outcome:
+    if task_identity(task)[0] == AUTH_TASK_TYPE:
+        return service.authenticate(task)
+    return await service.run(task, base_url=base_url)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise _too_large(int(declared), cap)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise _too_large(total, cap)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, cap: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request is at least {size} bytes; the limit is {cap}. Send smaller images (or one task per request).",
+        parameter="body",
+    )
+
+
+def _rest_tasks(request: Request, tasks: list[Any], settings: ServerSettings) -> list[Any]:
+    """Check the key (``Authorization: Bearer`` or a leading authentication task) and drop that task."""
+    header = request.headers.get("authorization", "")
+    key: object = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if task_identity(tasks[0])[0] == AUTH_TASK_TYPE:
+        key = tasks[0].get("apiKey")
+        tasks = tasks[1:]
+    check_api_key(settings, key)
+    return tasks
+
+
+def _envelope(outcomes: list[Outcome]) -> Response:
+    """``data`` and/or ``errors``: 200 when any task succeeded (or none was sent), else the first error's status."""
+    data = [outcome.item for outcome in outcomes if outcome.ok]
+    failures = [outcome for outcome in outcomes if not outcome.ok]
+    body: dict[str, Any] = {}
+    if data or not failures:
+        body["data"] = data
+    if failures:
+        body["errors"] = [outcome.item for outcome in failures]
+    status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
+    headers = {"Retry-After": "2"} if status == 503 else None
+    # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
+    return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def parse_task_array(body: bytes | str, settings: ServerSettings) -> list[Any]:
+    """The tasks of a request body or WebSocket frame: a JSON array (a single object is tolerated).
+
+    Raises:
+        InvalidRequestError: not JSON, not an array of tasks, empty, or too many tasks.
+        PayloadTooLargeError: over the size cap.
+    """
+    if len(body) > settings.max_body_bytes:
+        raise _too_large(len(body), settings.max_body_bytes)
+    try:
+        tasks = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidRequestError(f"The body is not valid JSON: {err}.", code="invalidJson", parameter="body") from err
+    tasks = [tasks] if isinstance(tasks, dict) else tasks
+    if not isinstance(tasks, list) or not tasks:
+        raise InvalidRequestError("Send a non-empty JSON array of tasks: [{\"taskType\": ...}, ...].",
+                                  code="invalidRequest", parameter="body")
+    if len(tasks) > settings.max_tasks_per_request:
+        raise InvalidRequestError(f"{len(tasks)} tasks in one request; the limit is "
+                                  f"{settings.max_tasks_per_request}.", code="invalidRequest", parameter="body")
+    return tasks
+
+
+def _http_base(base: URL) -> str:
+    """The server's http(s) root URL as the client reached it (also from a WebSocket's ws/wss URL)."""
+    scheme = {"ws": "http", "wss": "https"}.get(base.scheme, base.scheme)
+    return str(base.replace(scheme=scheme))
+
+
+# -- WebSocket ------------------------------------------------------------------------------------
+
+
+def _add_websocket(app: FastAPI, service: TaskService) -> None:
+    async def websocket_tasks(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await _Connection(websocket, service).serve()
+
+    for path in ("/v1", "/v1/", "/"):
+        app.add_api_websocket_route(path, websocket_tasks)
+
+
+class _Connection:
+    """One WebSocket client: it must authenticate first; its tasks run concurrently, each answered in
+    its own frame as soon as it is done."""
+
+    def __init__(self, websocket: WebSocket, service: TaskService):
+        self.websocket = websocket
+        self.service = service
+        self.base_url = _http_base(websocket.base_url)
+        self.authenticated = False
+        self._send_lock = asyncio.Lock()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        try:
+            while (frame := await self._receive()) is not None:
+                await self._handle(frame)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in self._running:
+                task.cancel()
+
+    async def _receive(self) -> str | bytes | None:
+        try:
+            message = await asyncio.wait_for(self.websocket.receive(), self.service.settings.ws_idle_timeout)
+        except TimeoutError:
+            await self.websocket.close(code=1000, reason="idle timeout")
+            return None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        return message.get("text") or message.get("bytes") or ""
+
+    async def _handle(self, frame: str | bytes) -> None:
+        try:
+            tasks = parse_task_array(frame, self.service.settings)
+        except LlavaEdgeError as err:
+            await self._send(Outcome.failure(err))
+            return
+        for raw in tasks:
+            task_type, task_uuid = task_identity(raw)
+            if task_type == AUTH_TASK_TYPE:
+                outcome = self.service.authenticate(raw)
+                self.authenticated = outcome.ok
+                await self._send(outcome)
+            elif task_type == "ping" or self.authenticated:
+                self._start(raw)
+            else:
+                await self._send(Outcome.failure(AuthenticationError(
+                    "Authenticate first: send [{\"taskType\": \"authentication\", \"apiKey\": ...}].",
+                    code="missingApiKey", task_type=task_type, task_uuid=task_uuid)))
+
+    def _start(self, raw: Any) -> None:
+        task = asyncio.create_task(self._run(raw))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, raw: Any) -> None:
+        outcome = await self.service.run(raw, base_url=self.base_url)
+        try:
+            await self._send(outcome)
+        except Exception:
+            _log.info("client left before task %s was answered", task_identity(raw)[1])
+
+    async def _send(self, outcome: Outcome) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(json.dumps(outcome.frame()))
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+def _add_resources(app: FastAPI, service: TaskService) -> None:
+    @app.get("/health", summary="Loaded model and queue depth")
+    async def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/images/{name}", summary="An image stored by imageUpload", response_class=FileResponse)
+    async def stored_image(name: str) -> Response:
+        try:
+            path = _stored_image(service, name)
+        except InvalidImageError as err:
+            return JSONResponse({"errors": [err.to_runware()]}, status_code=404)
+        return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix[1:]])
+
+
+def _stored_image(service: TaskService, name: str) -> Path:
+    """The file behind ``<uuid>.<ext>``; only names the store itself gave out are served."""
+    image_uuid, _, extension = name.partition(".")
+    if is_uuid4(image_uuid) and extension in _IMAGE_TYPES:
+        path = service.captioner.image_store.path(image_uuid)
+        if path.name == name:
+            return path
+    raise InvalidImageError(f"No stored image is named {name!r}.", code="notFound", parameter="name")

@@ -1,0 +1,357 @@
+"""Runware task dispatch for the server: caption, imageUpload, getResponse, ping and authentication.
+
+``TaskService`` owns a bounded queue and ONE worker thread that runs every caption, so the model is
+used by one task at a time and the event loop only waits on futures. A full queue answers
+``serviceUnavailable`` at once. Every caption task is registered by taskUUID (``conflictTaskUUID`` on
+reuse while it runs or its result is kept), its outcome is kept for ``ttl`` seconds for
+``getResponse``, and, when asked, delivered to ``webhookURL`` / ``uploadEndpoint``. Errors are per
+task: each call answers one ``Outcome`` and never raises for a bad task.
+
+Shutdown drains: ``begin_shutdown`` refuses new captions at once, lets the accepted ones finish until
+``shutdown_timeout`` passes, then fails the rest with ``serviceUnavailable`` (delivered to their
+webhooks like any result); ``stop`` then gives pending deliveries ``delivery_flush_timeout`` seconds.
+Every accepted task is completed exactly once, by the worker or by the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from llava_edge.errors import InvalidRequestError, LlavaEdgeError, ServerBusyError
+from llava_edge.images import decode_image_bytes, read_image_bytes
+from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, is_uuid4, parse_caption_request, task_identity
+from llava_edge.server.delivery import Deliverer
+from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
+from llava_edge.server.task_results import Outcome, TaskRegistry
+
+if TYPE_CHECKING:
+    from llava_edge.api import Captioner
+
+UPLOAD_TASK_TYPE = "imageUpload"
+UPLOADS_AT_ONCE = 2
+"""Uploads decoded at the same time (each may hold a 40-megapixel image in memory)."""
+CANCEL_GRACE = 5.0
+"""Seconds a caption cancelled at the shutdown deadline gets to unwind, so the model can be closed."""
+_log = logging.getLogger("llava_edge.server.task_service")
+
+
+@dataclass(frozen=True)
+class _Job:
+    raw: dict[str, Any]
+    request: CaptionRequest
+    future: Future[Outcome]
+    completed: threading.Event = field(default_factory=threading.Event)
+
+
+class TaskService:
+    """Answers Runware tasks with one loaded ``Captioner``; see the module docstring."""
+
+    def __init__(self, captioner: Captioner, settings: ServerSettings):
+        self.captioner = _fetching_from(captioner, settings)
+        self.settings = settings
+        self.registry = TaskRegistry(max_kept=settings.max_kept_results)
+        self.deliverer = Deliverer(
+            attempts=settings.delivery_attempts, backoff=settings.delivery_backoff,
+            limits=settings.outbound(settings.delivery_limits), max_pending=settings.max_pending_deliveries,
+        )
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.max_queue)
+        self._draining = threading.Event()
+        """Set by ``begin_shutdown``: new captions are refused."""
+        self._stopping = threading.Event()
+        """Set when the drain is over: the worker takes no further job."""
+        self._hurry = threading.Event()
+        """Set by ``hurry``: the drain and the delivery flush end now."""
+        self._lock = threading.Lock()
+        """Guards the job in hand, the drain deadline and each job's completion."""
+        self._running: _Job | None = None
+        self._deadline = float("inf")
+        self._abandoned = False
+        self._drainer: threading.Thread | None = None
+        self._worker = threading.Thread(target=self._work, name="llava-edge-model", daemon=True)
+        self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+        self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
+            "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: self._upload,
+            "getResponse": self._get_response, "ping": self._ping,
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._worker.is_alive() and not self._stopping.is_set():
+            self._worker.start()
+            self.deliverer.start()
+
+    def begin_shutdown(self, timeout: float | None = None) -> None:
+        """Refuse new captions from now on and give the accepted ones ``timeout`` seconds (default: the
+        settings' ``shutdown_timeout``) to finish; a later call may only shorten that. Returns at once."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        with self._lock:
+            self._deadline = min(self._deadline, time.monotonic() + timeout)
+            self._draining.set()
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="llava-edge-drain", daemon=True)
+                self._drainer.start()
+
+    def hurry(self) -> None:
+        """End the drain and the delivery flush now (a second signal). Safe to call from a signal handler:
+        it takes no lock the interrupted code could hold."""
+        self._hurry.set()
+
+    def stop(self) -> bool:
+        """Drain (see ``begin_shutdown``), then deliver what is pending for ``delivery_flush_timeout`` seconds.
+
+        Returns:
+            True when the model is idle; False when a caption still runs in it past the deadline (its
+            task was already reported failed), so the captioner must not be closed under it.
+        """
+        self.begin_shutdown()
+        if self._drainer is not None:
+            self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
+        self._wait_for_model(CANCEL_GRACE)  # a cancelled caption unwinds at its next llama.cpp batch
+        self.deliverer.close(self.settings.delivery_flush_timeout, cancel=self._hurry)
+        return self.model_idle
+
+    def _wait_for_model(self, seconds: float) -> None:
+        """Give the model worker up to ``seconds`` to finish, unless a second signal says hurry."""
+        deadline = time.monotonic() + seconds
+        while self._worker.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
+            self._worker.join(0.1)
+
+    @property
+    def model_idle(self) -> bool:
+        """True unless the model worker is running (or inside a caption past the shutdown deadline)."""
+        return not self._worker.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        live, kept = self.registry.counts()
+        status = "ok" if self._worker.is_alive() else "stopped"
+        return {
+            "status": "draining" if self._draining.is_set() and status == "ok" else status,
+            "model": self.captioner.model_name,
+            "queueDepth": self._queue.qsize(),
+            "queueLimit": self.settings.max_queue,
+            "running": self._running is not None,
+            "liveTasks": live,
+            "keptResults": kept,
+            "pendingDeliveries": self.deliverer.pending,
+        }
+
+    def _drain(self) -> None:
+        """Wait until every accepted caption is done or the deadline passes; then fail the rest."""
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks and time.monotonic() < self._deadline and not self._hurry.is_set():
+                done.wait(min(0.1, max(0.0, self._deadline - time.monotonic())))  # re-read: it may shorten
+        with self._lock:
+            self._abandoned = True
+            running = self._running
+        self._stopping.set()
+        leftovers = [running] if running is not None else []
+        while True:
+            try:
+                leftovers.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            self._queue.task_done()
+        failed = sum(self._complete(job, _shutdown_failure(job, started=job is running)) for job in leftovers)
+        if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
+            self.captioner.runtime.cancel()
+        if failed:
+            _log.warning("shutdown: %d accepted caption tasks did not finish by the deadline and were failed "
+                         "(serviceUnavailable)", failed)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def run(self, raw: Any, *, base_url: str) -> Outcome:
+        """Answer one task (any type but authentication). ``base_url`` roots the ``imageURL`` of uploads."""
+        task_type, task_uuid = task_identity(raw)
+        try:
+            handler = self._handlers.get(task_type or "")
+            if not isinstance(raw, dict) or handler is None:
+                raise _unknown_task(raw, task_type)
+            return await handler(raw, base_url)
+        except LlavaEdgeError as err:
+            err.task_type = err.task_type or task_type
+            err.task_uuid = err.task_uuid or task_uuid  # echoed as sent, so the client can route the error
+            return Outcome.failure(err)
+
+    def authenticate(self, raw: dict[str, Any]) -> Outcome:
+        """Check an ``authentication`` task; success answers a fresh ``connectionSessionUUID``."""
+        try:
+            check_api_key(self.settings, raw.get("apiKey"))
+        except LlavaEdgeError as err:
+            return Outcome.failure(err)
+        return Outcome({"taskType": AUTH_TASK_TYPE, "connectionSessionUUID": str(uuid.uuid4())})
+
+    async def _ping(self, raw: dict[str, Any], base_url: str) -> Outcome:
+        return Outcome({"taskType": "ping", "pong": True})
+
+    async def _get_response(self, raw: dict[str, Any], base_url: str) -> Outcome:
+        task_uuid = _require_task_uuid(raw)
+        outcome = self.registry.lookup(task_uuid)
+        if outcome is None:
+            return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"})
+        return outcome.with_status()
+
+    async def _upload(self, raw: dict[str, Any], base_url: str) -> Outcome:
+        task_uuid = _require_task_uuid(raw)
+        unknown = sorted(set(raw) - {"taskType", "taskUUID", "image"})
+        if unknown:
+            raise InvalidRequestError(
+                f"Unknown parameter {unknown[0]!r} for imageUpload; send taskType, taskUUID and image.",
+                code="unsupportedParameter", parameter=unknown[0],
+            )
+        image = raw.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise InvalidRequestError(
+                "image is required: a data URI, base64 string or URL.", code="missingImage", parameter="image"
+            )
+        async with self._upload_slots:
+            name = await asyncio.to_thread(self._store_image, image)
+        image_uuid = name.split(".", 1)[0]
+        return Outcome({"taskType": UPLOAD_TASK_TYPE, "taskUUID": task_uuid, "imageUUID": image_uuid,
+                        "imageURL": f"{base_url}images/{name}"})
+
+    def _store_image(self, image: str) -> str:
+        """Validate (decode) an uploaded image and store its bytes; answers the stored file name."""
+        limits = replace(self.captioner.image_limits, allow_paths=False)
+        store = self.captioner.image_store
+        try:
+            data = read_image_bytes(image, limits=limits, store=store)
+            decode_image_bytes(data, limits)
+        except LlavaEdgeError as err:
+            err.parameter = "image"
+            raise
+        return store.path(store.put(data)).name
+
+    async def _caption(self, raw: dict[str, Any], base_url: str) -> Outcome:
+        request = parse_caption_request(raw)
+        future = self._enqueue(raw, request)
+        if request.delivery_method == "async":
+            return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def _enqueue(self, raw: dict[str, Any], request: CaptionRequest) -> Future[Outcome]:
+        ttl = request.ttl if request.ttl is not None else self.settings.result_ttl
+        self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
+        job = _Job(raw, request, Future())
+        try:
+            with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
+                if self._draining.is_set():
+                    raise ServerBusyError("The server is shutting down; send the task again when it is back.")
+                self._queue.put_nowait(job)
+        except queue.Full:
+            self.registry.discard(request.task_uuid)
+            raise ServerBusyError(
+                f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
+                "Retry in a few seconds.",
+            ) from None
+        except ServerBusyError:
+            self.registry.discard(request.task_uuid)
+            raise
+        return job.future
+
+    # -- the model worker -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                with self._lock:
+                    abandoned = self._abandoned
+                    self._running = None if abandoned else job
+                if abandoned:  # taken just as the drain ended: it fails like the other leftovers
+                    self._complete(job, _shutdown_failure(job, started=False))
+                else:
+                    self._complete(job, self._caption_now(job))
+            finally:
+                with self._lock:
+                    self._running = None
+                self._queue.task_done()
+
+    def _caption_now(self, job: _Job) -> Outcome:
+        try:
+            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False))
+        except LlavaEdgeError as err:
+            return Outcome.failure(err)
+        except Exception as err:
+            _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
+            return _failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
+                            job.request)
+
+    def _complete(self, job: _Job, outcome: Outcome) -> bool:
+        """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption
+        that ends after the drain failed it)."""
+        with self._lock:
+            if job.completed.is_set():
+                _log.info("task %s already has an outcome (the shutdown deadline passed); this one is dropped",
+                          job.request.task_uuid)
+                return False
+            job.completed.set()
+        request = job.request
+        self.registry.finish(request.task_uuid, outcome)
+        for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
+            if url is not None:
+                self.deliverer.submit(url, method, outcome.with_status().item)
+        try:
+            job.future.set_result(outcome)
+        except InvalidStateError:
+            pass  # the caller went away; the outcome is still kept for getResponse
+        return True
+
+
+def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
+    """The captioner as the server uses it: the same loaded model, with image URL fetches limited to the
+    settings' ``fetch_hosts``. A shallow copy, so the caller's own captioner keeps its limits."""
+    if settings.fetch_hosts is None:
+        return captioner
+    view = copy.copy(captioner)
+    limits = captioner.image_limits
+    view.image_limits = replace(limits, transfer=settings.outbound(limits.transfer))
+    return view
+
+
+def _shutdown_failure(job: _Job, *, started: bool) -> Outcome:
+    state = "was still running" if started else "had not started"
+    return _failure(ServerBusyError(
+        f"The server shut down while this task {state}; it was not captioned. Send it again when the server is back."
+    ), job.request)
+
+
+def _failure(error: LlavaEdgeError, request: CaptionRequest) -> Outcome:
+    error.task_type, error.task_uuid = request.task_type, request.task_uuid
+    return Outcome.failure(error)
+
+
+def _require_task_uuid(raw: dict[str, Any]) -> str:
+    value = raw.get("taskUUID")
+    if not is_uuid4(value):
+        code = "missingTaskUUID" if value is None else "invalidTaskUUID"
+        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {str(value)[:80]!r}.", code=code,
+                                  parameter="taskUUID")
+    return str(value)
+
+
+def _unknown_task(raw: Any, task_type: str | None) -> InvalidRequestError:
+    if not isinstance(raw, dict):
+        return InvalidRequestError(f"A task must be a JSON object, got {type(raw).__name__}.", code="invalidTask",
+                                   parameter="task")
+    known = "caption, imageCaption, imageUpload, getResponse, ping, authentication"
+    if task_type is None:
+        return InvalidRequestError(f"taskType is required; this server knows {known}.", code="missingTaskType",
+                                   parameter="taskType")
+    return InvalidRequestError(f"Unsupported taskType {task_type[:80]!r}; this server knows {known}.",
+                               code="unsupportedTaskType", parameter="taskType")

@@ -1,0 +1,100 @@
+"""Captioning on Ray: a local Ray instance started by the test (loopback only), the tiny model in each
+actor, and results equal to the single-process path with the same seed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.images import ImageFactory
+
+from llava_edge import Captioner, GenerationOptions, RuntimeOptions, caption_many
+from llava_edge.batch.ray_data import caption_dataset  # imports ray only when called, so no skip is needed first
+from llava_edge.models.catalog import ModelFiles
+
+ray = pytest.importorskip("ray", reason='Ray tests need ray[data]: pip install "llava-edge[ray]"')
+pytest.importorskip("ray.data", reason='Ray tests need ray[data]: pip install "llava-edge[ray]"')
+
+GENERATION = GenerationOptions(max_tokens=8, seed=11)
+RUNTIME = RuntimeOptions(threads=1, threads_batch=1, prefix_cache_bytes=0)
+"""One thread on both sides, so that Ray actors and the local model do the same arithmetic."""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Ray instance for this module; its GCS address lets a CLI process join it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def photos(tmp_path: Path, make_image: ImageFactory) -> list[str]:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for index in range(6):
+        (root / f"p{index}.png").write_bytes(make_image(40 + 9 * index, 36))
+    (root / "bad.png").write_bytes(b"not a png")
+    return sorted(str(path) for path in root.iterdir())
+
+
+def local_records(photos: list[str], files: ModelFiles) -> dict[str, dict[str, Any]]:
+    """The single-process result, keyed by image, without timings (they differ run to run)."""
+    with Captioner(model_path=files.model_path, mmproj_path=files.mmproj_path, runtime=RUNTIME) as captioner:
+        records = caption_many(photos, "Caption it.", captioner=captioner, options=GENERATION)
+        return {record.image: _without_timings(record.to_json()) for record in records}
+
+
+def test_ray_dataset_captions_equal_the_single_process_path(
+    cluster: str, photos: list[str], tiny_files: ModelFiles
+) -> None:
+    dataset = ray.data.from_items([{"path": path} for path in photos])
+    captioned = caption_dataset(
+        dataset, model_path=tiny_files.model_path, mmproj_path=tiny_files.mmproj_path, runtime=RUNTIME,
+        generation=GENERATION, prompt="Caption it.", cpus_per_actor=1, max_actors=2, batch_size=2,
+    )
+    rows = captioned.take_all()
+
+    expected = local_records(photos, tiny_files)
+    assert sorted(row["image"] for row in rows) == photos
+    assert {row["image"]: _without_timings(json.loads(row["record"])) for row in rows} == expected
+    by_image = {row["image"]: row for row in rows}
+    bad, good = photos[0], photos[1:]
+    assert Path(bad).name == "bad.png" and not by_image[bad]["ok"] and by_image[bad]["text"] == ""
+    assert all(by_image[path]["ok"] and by_image[path]["text"] == expected[path]["response"]["text"]
+               for path in good)
+
+
+def test_cli_on_the_ray_cluster_writes_the_same_jsonl_and_resumes(
+    cluster: str, photos: list[str], tiny_files: ModelFiles, tmp_path: Path
+) -> None:
+    out = tmp_path / "captions.jsonl"
+    command = [
+        sys.executable, "-m", "llava_edge", "caption", str(Path(photos[0]).parent), "--out", str(out),
+        "--ray", cluster, "--model-path", str(tiny_files.model_path), "--mmproj-path", str(tiny_files.mmproj_path),
+        "--prompt", "Caption it.", "--max-tokens", "8", "--seed", "11", "--threads", "1",
+    ]
+    first = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stderr  # bad.png failed
+    assert "Done: 6 captioned, 1 failed, 0 already done" in first.stderr
+    lines = out.read_text().splitlines()
+    written = {record["image"]: _without_timings(record) for record in map(json.loads, lines)}
+    assert len(lines) == len(photos) and written == local_records(photos, tiny_files)
+
+    again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Done: 0 captioned, 0 failed, 7 already done" in again.stderr
+    assert out.read_text().splitlines() == lines
+
+
+def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key != "timings"}

@@ -4,6 +4,11 @@ A killed run never leaves a corrupt file. Each record is appended with a single 
 is fsynced at intervals and on close; reopening cuts off a truncated last record (the only damage a
 kill can do) and reads the records already there, so that a rerun skips them. A sidecar is written to
 a hidden temporary file beside the image and renamed over ``image.txt``.
+
+Both files are UTF-8 text whatever the file names. JSONL keeps every value exactly (a name that is not
+UTF-8 as ``\\udcXX`` escapes, see ``runner.json_text``). CSV is for spreadsheets: a byte of a name that
+is not UTF-8 is written ``\\xNN`` (``runner.printable_name``), and a text cell that a spreadsheet would run
+as a formula is neutralised (``CsvWriter``). A rerun matches each image by its name written that way.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -19,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
-from llava_edge.batch.runner import BatchRecord
+from llava_edge.batch.runner import BatchRecord, json_text, printable_name
 from llava_edge.errors import OutputFileError
 
 FORMATS = ("jsonl", "csv")
@@ -33,6 +39,8 @@ _Entry = tuple[tuple[str, str] | None, int]
 """A record found in a file: its resume key (``None`` when it does not parse) and the offset of its end."""
 _HEADER = ("", "")
 """The key of a good entry that is no record (the CSV header)."""
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+"""Cells a spreadsheet may run as a formula (OWASP CSV injection), and ``'`` so the escape can be undone."""
 
 
 class _AppendLog:
@@ -58,14 +66,16 @@ class _AppendLog:
         self._synced_at = time.monotonic()
 
     def done(self, image: str, digest: Callable[[], str]) -> bool:
-        return image in self._images and (image, digest()) in self._keys
+        name = self._stored_name(image)
+        return name in self._images and (name, digest()) in self._keys
 
     def write(self, record: BatchRecord) -> None:
         """Append ``record`` unless the file already holds its key."""
-        if record.key in self._keys:
+        key = (self._stored_name(record.image), record.key[1])
+        if key in self._keys:
             return
         self._append(self._encode(record))
-        self._remember(record.key)
+        self._remember(key)
         if time.monotonic() - self._synced_at >= self.fsync_interval_s:
             self._sync()
 
@@ -77,6 +87,10 @@ class _AppendLog:
 
     def _encode(self, record: BatchRecord) -> bytes:
         raise NotImplementedError
+
+    def _stored_name(self, image: str) -> str:
+        """``image`` as the file writes it, to compare with the names read back."""
+        return image
 
     def _entries(self, data: bytes) -> Iterator[_Entry]:
         raise NotImplementedError
@@ -135,7 +149,7 @@ class JsonlWriter(_AppendLog):
     """One JSON object per line (``BatchRecord.to_json``)."""
 
     def _encode(self, record: BatchRecord) -> bytes:
-        return (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode()
+        return (json_text(record.to_json()) + "\n").encode()
 
     def _entries(self, data: bytes) -> Iterator[_Entry]:
         for line, end in _lines(data):
@@ -144,10 +158,19 @@ class JsonlWriter(_AppendLog):
 
 
 class CsvWriter(_AppendLog):
-    """A header row of ``CSV_COLUMNS``, then one row per record (captions may span lines, quoted)."""
+    """A header row of ``CSV_COLUMNS``, then one row per record (captions may span lines, quoted).
+
+    Text cells (names, captions, error messages) that begin with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return get a ``'`` in front, as OWASP recommends against formula injection, and so do cells
+    that begin with ``'``: drop one leading ``'`` to get the value back. Bytes of a file name that are not
+    UTF-8 are written ``\\xNN``. Numbers are written as they are.
+    """
 
     def _encode(self, record: BatchRecord) -> bytes:
         return _csv_line(_csv_row(record))
+
+    def _stored_name(self, image: str) -> str:
+        return _csv_text(image)
 
     def _start(self) -> None:
         self._append(_csv_line(list(CSV_COLUMNS)))
@@ -182,18 +205,26 @@ class SidecarWriter:
     """Writes each caption to ``<image without suffix>.txt`` beside the image, atomically.
 
     Error records leave no file. An image counts as done when its sidecar exists and is not older than
-    the image (sidecars hold only the caption, so there is no hash to compare).
+    the image (sidecars hold only the caption, so there is no hash to compare). An image whose sidecar
+    would be the image itself (``scan.txt``) or another input image (``cat.txt`` beside ``cat.jpg``) is
+    refused before the run by ``check_sidecars``; this writer never counts an image done by its own file,
+    nor writes a caption over it.
     """
 
     def done(self, image: str, digest: Callable[[], str]) -> bool:
         try:
-            return os.stat(sidecar_path(image)).st_mtime >= os.stat(image).st_mtime
+            sidecar, source = os.stat(sidecar_path(image)), os.stat(image)
         except OSError:
             return False
+        return not os.path.samestat(sidecar, source) and sidecar.st_mtime >= source.st_mtime
 
     def write(self, record: BatchRecord) -> None:
-        if record.text is not None:
-            write_atomically(Path(sidecar_path(record.image)), record.text.encode())
+        if record.text is None:
+            return
+        sidecar = sidecar_path(record.image)
+        if _same_file(sidecar, record.image):
+            raise OutputFileError(_over_itself(record.image, sidecar))
+        write_atomically(Path(sidecar), record.text.encode())
 
     def close(self) -> None:
         pass
@@ -219,7 +250,7 @@ class ConsoleWriter:
             _print({"image": record.image, "text": record.text, "model": record.model,
                     "finishReason": record.finish_reason, "timings": timings})
         else:
-            print(f"{record.image}: {record.text}" if self.with_names else record.text, flush=True)
+            print(f"{printable_name(record.image)}: {record.text}" if self.with_names else record.text, flush=True)
 
     def close(self) -> None:
         pass
@@ -229,8 +260,8 @@ class ConsoleWriter:
         if self.as_json:
             _print({"image": record.image, "error": record.error})
         else:
-            print(f"{record.image}: error: {record.error['message']} [{record.error['code']}]",
-                  file=sys.stderr, flush=True)
+            message = printable_name(f"{record.image}: error: {record.error['message']} [{record.error['code']}]")
+            print(message, file=sys.stderr, flush=True)
 
 
 class Sinks:
@@ -285,15 +316,51 @@ def sidecar_path(image: str) -> str:
 
 
 def check_sidecars(images: list[str]) -> None:
-    """Sidecars need local files, and two images must not share one (``cat.jpg`` and ``cat.png``)."""
+    """Sidecars need local files; two images must not share one (``cat.jpg`` and ``cat.png``), and no
+    sidecar may be an input image: ``scan.txt``'s own, or ``cat.jpg``'s when ``cat.txt`` is an input too.
+    Its caption would replace that image, and a rerun would count the image done without a caption.
+
+    Raises:
+        OutputFileError: naming the images and what to rename; nothing was captioned.
+    """
+    inputs: dict[tuple[int, int], str] = {}
+    for image in images:
+        try:
+            found = os.stat(image)
+        except (OSError, ValueError):
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):
+            raise OutputFileError(f"--sidecar writes beside image files, and {printable_name(image[:200])} is not one.")
+        inputs.setdefault((found.st_dev, found.st_ino), image)
     owners: dict[str, str] = {}
     for image in images:
-        if not os.path.isfile(image):
-            raise OutputFileError(f"--sidecar writes beside image files, and {image[:200]} is not one.")
-        other = owners.setdefault(sidecar_path(image), image)
+        sidecar = sidecar_path(image)
+        other = owners.setdefault(os.path.normcase(os.path.abspath(sidecar)), image)
         if other != image:
-            raise OutputFileError(f"{other} and {image} would share the sidecar {sidecar_path(image)}. "
-                                  "Rename one, or write to --out instead.")
+            raise OutputFileError(printable_name(f"{other} and {image} would share the sidecar {sidecar}. "
+                                                 "Rename one, or write to --out instead."))
+        try:
+            existing = os.stat(sidecar)
+        except (OSError, ValueError):
+            continue
+        taken = inputs.get((existing.st_dev, existing.st_ino))
+        if taken is not None:
+            raise OutputFileError(_over_itself(image, sidecar) if _same_file(taken, image) else printable_name(
+                f"--sidecar would write the caption of {image} over the input image {taken} (its sidecar is "
+                f"{sidecar}). Rename one of them, or write to --out instead."))
+
+
+def _over_itself(image: str, sidecar: str) -> str:
+    return printable_name(f"--sidecar would write the caption of {image} over that image itself (its sidecar is "
+                          f"{sidecar}). Rename the image to its real suffix (.png, .jpg, ...), or write to --out "
+                          "instead.")
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except (OSError, ValueError):
+        return False
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -330,21 +397,31 @@ def _csv_row(record: BatchRecord) -> list[Any]:
     item = record.error or record.response or {}
     timings = record.to_json().get("timings") or {}
     error = record.error or {}
-    return [
+    text = [
         record.image, record.sha256 or "", record.model or "", item.get("taskUUID", ""), record.text or "",
         record.finish_reason or "", error.get("code", ""), error.get("message", ""), error.get("parameter", ""),
-        *(timings.get(name, "") for name in CSV_COLUMNS[9:]),
     ]
+    return [*(_csv_text(str(cell)) for cell in text), *(timings.get(name, "") for name in CSV_COLUMNS[9:])]
+
+
+def _csv_text(value: str) -> str:
+    """A text cell as ``CsvWriter`` writes it: printable, and never a formula."""
+    value = printable_name(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def _csv_line(row: list[Any]) -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(row)
+    # csv quotes a cell holding "\n" but not one holding only "\r", which readers take for a line end
+    if any("\r" in str(cell) for cell in row):
+        csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(row)
+    else:
+        csv.writer(buffer, lineterminator="\n").writerow(row)
     return buffer.getvalue().encode()
 
 
 def _print(record: dict[str, Any]) -> None:
-    print(json.dumps(record, ensure_ascii=False), flush=True)
+    print(json_text(record), flush=True)
 
 
 def _lock(fd: int, path: Path) -> None:

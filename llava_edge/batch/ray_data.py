@@ -24,6 +24,7 @@ from llava_edge.batch.runner import (
     Sink,
     caption_many,
     item_digest,
+    json_text,
     run_batch,
 )
 from llava_edge.errors import LlavaEdgeError, MissingExtraError
@@ -65,7 +66,7 @@ class RayCaptioner:
             "sha256": [record.sha256 or "" for record in records],
             "ok": [record.ok for record in records],
             "text": [record.text or "" for record in records],
-            "record": [json.dumps(record.to_json(), ensure_ascii=False) for record in records],
+            "record": [json_text(record.to_json()) for record in records],  # a name that is not UTF-8 too
         }
 
 

@@ -4,12 +4,19 @@
 one and yields a ``BatchRecord`` per image (a bad image becomes an error record; the run goes on),
 and ``run_batch`` writes the records to a sink with a progress bar and counts them. A record is keyed
 by its image name and the sha256 of its bytes, so a rerun can skip what an output already holds.
+
+A file name that is not valid UTF-8 (``b"caf\\xe9.png"`` on Linux) is the ``str`` Python gives for it,
+each undecodable byte a lone surrogate (``os.fsdecode``: ``"caf\\udce9.png"``). ``json_text`` writes it
+as the JSON escape ``\\udce9``, so the text stays valid UTF-8 and ``json.loads`` gives the exact name
+back (and ``os.fsencode`` the exact bytes). ``printable_name`` writes it ``caf\\xe9.png`` for people
+(CSV cells, the console, messages).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import threading
@@ -33,6 +40,7 @@ BATCH_RUNTIME = RuntimeOptions(prefix_cache_bytes=0)
 """How ``caption_many`` loads a model itself. The image-prefix cache is off: a batch sees each image
 once, and the cache would keep every image's evaluated state (memory growing image after image)."""
 _GLOB_CHARS = re.compile(r"[*?[]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TIMING_FIELDS = frozenset(field.name for field in fields(Timings))
 
 Skip = Callable[[str, Callable[[], str]], bool]
@@ -53,6 +61,7 @@ class BatchRecord:
     """The outcome for one image: a Runware response item, or a Runware error item."""
 
     image: str
+    """The image's name; a file name that is not UTF-8 keeps its bytes as lone surrogates."""
     sha256: str | None
     """Of the encoded image bytes; ``None`` when they could not be read."""
     model: str | None = None
@@ -234,8 +243,26 @@ def item_digest(item: ImageItem, limits: ImageLimits | None = None) -> str:
 
 def task_uuid_for(name: str, sha256: str) -> str:
     """A UUID v4-format taskUUID derived from the image name and content (stable across runs)."""
-    digest = hashlib.sha256(f"{name}\0{sha256}".encode()).digest()
+    digest = hashlib.sha256(f"{name}\0{sha256}".encode("utf-8", "surrogatepass")).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of JSON, non-ASCII text as it is, and lone surrogates (the undecodable bytes
+    of a file name) as ``\\udcXX`` escapes: valid UTF-8 that ``json.loads`` turns back into the same value."""
+    text = json.dumps(value, ensure_ascii=False)  # a surrogate can only be inside a string here
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def printable_name(name: str) -> str:
+    """``name`` as valid text, as ``ls -b`` shows it: each byte of a file name that is not UTF-8 (a lone
+    surrogate ``\\udcNN``) as ``\\xNN``, any other lone surrogate as ``\\uNNNN``; other names unchanged."""
+    return _SURROGATE.sub(_escape_surrogate, name)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _caption_one(

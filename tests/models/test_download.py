@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -32,7 +33,7 @@ from llava_edge.errors import (
     InsufficientMemoryError,
     ModelNotCachedError,
 )
-from llava_edge.models import resumable
+from llava_edge.models import download, resumable
 from llava_edge.models.catalog import ModelFiles, load_registry
 from llava_edge.models.resolve import list_variants
 from llava_edge.models.selection import choose_auto, memory_required
@@ -278,6 +279,55 @@ def test_pull_replaces_a_poisoned_cached_blob(hub: HubServer, registry: Path, ti
 
     assert repaired.model_path.read_bytes() == tiny_files.model_path.read_bytes()
     assert [(r.method, r.file) for r in hub.file_requests()] == [("HEAD", MODEL), ("GET", MODEL)]
+
+
+def test_a_second_pull_never_moves_a_placed_blob_another_process_may_be_loading(
+    hub: HubServer, registry: Path, tiny_files: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process A placed the blob and has it open (llama.cpp mmaps it) but has not linked the snapshot yet;
+    process B pulls the same variant. The blob must stay where it is, the same inode, untouched."""
+    data = tiny_files.model_path.read_bytes()
+    blob = download_model("tiny-q4", registry=registry).model_path.resolve()
+    snapshot(MODEL).unlink()  # what A leaves between placing the blob and linking it
+    seen: list[bool] = []
+    real_fetch = download.fetch_part
+
+    def watching_fetch(*args: Any, **kwargs: Any) -> resumable.PartFile:
+        seen.append(blob.exists())  # where A would open it, at the moment B transfers
+        return real_fetch(*args, **kwargs)
+
+    monkeypatch.setattr(download, "fetch_part", watching_fetch)
+    hub.reset_counts()
+    with open(blob, "rb") as held:
+        placed = os.fstat(held.fileno())
+        again = download_model("tiny-q4", registry=registry)
+        assert held.read() == data
+
+    assert seen == [] and hub.file_requests("GET") == []  # verified where it lies; nothing fetched
+    after = os.stat(blob)
+    assert (after.st_ino, after.st_mtime_ns) == (placed.st_ino, placed.st_mtime_ns) and blob.read_bytes() == data
+    assert again.model_path == snapshot(MODEL) and again.model_path.resolve() == blob
+    assert not list(hf_cache().rglob("*.part"))
+
+
+def test_an_incomplete_placed_blob_is_replaced_atomically(
+    hub: HubServer, registry: Path, tiny_files: ModelFiles
+) -> None:
+    """A wrong blob is never truncated or rewritten in place: the good file goes to a .part and replaces it,
+    so a reader of the old one keeps reading what it opened."""
+    data = tiny_files.model_path.read_bytes()
+    blob = download_model("tiny-q4", registry=registry).model_path.resolve()
+    snapshot(MODEL).unlink()
+    blob.unlink()
+    blob.write_bytes(data[:1000])
+    hub.reset_counts()
+    with open(blob, "rb") as held:
+        old = os.fstat(held.fileno())
+        files = download_model("tiny-q4", registry=registry)
+        assert held.read() == data[:1000]
+
+    assert hub.get_ranges(MODEL) == [None] and files.model_path.read_bytes() == data
+    assert os.stat(blob).st_ino != old.st_ino and not blob_part(data).exists()
 
 
 def test_hub_and_registry_disagreeing_on_the_hash_fails_before_downloading(

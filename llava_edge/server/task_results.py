@@ -38,6 +38,10 @@ class Outcome:
         return Outcome({**self.item, "status": "success" if self.ok else "error"}, self.error)
 
 
+_EXPIRY_SLACK = 64
+"""Stale expiry entries tolerated beyond one per kept result before the heap is rebuilt."""
+
+
 @dataclass
 class _Record:
     ttl: float
@@ -51,6 +55,10 @@ class TaskRegistry:
     Args:
         max_kept: finished results kept at most; beyond it the oldest finished ones are dropped.
         clock: seconds, monotonic (injectable for tests of expiry).
+
+    Expiry times sit in a heap; an entry whose result was dropped, discarded or finished again stays there
+    until it comes due, so the heap is rebuilt from the kept results whenever it holds more than twice as
+    many entries as results (plus a little slack): it never outgrows ``2 * max_kept + 64``.
     """
 
     def __init__(self, *, max_kept: int = 10_000, clock: Callable[[], float] = time.monotonic):
@@ -97,6 +105,8 @@ class TaskRegistry:
             while len(self._finished) > self._max_kept:
                 oldest, _ = self._finished.popitem(last=False)
                 self._records.pop(oldest, None)
+            if len(self._expiry) > 2 * len(self._finished) + _EXPIRY_SLACK:
+                self._compact()
 
     def lookup(self, task_uuid: str) -> Outcome | None:
         """The outcome of a finished task, or ``None`` while it is still queued or running.
@@ -120,6 +130,11 @@ class TaskRegistry:
         with self._lock:
             self._purge()
             return len(self._records) - len(self._finished), len(self._finished)
+
+    def _compact(self) -> None:
+        """Rebuild the expiry heap from the kept results alone, leaving out the stale entries."""
+        self._expiry = [(self._records[task_uuid].expires_at, task_uuid) for task_uuid in self._finished]
+        heapq.heapify(self._expiry)
 
     def _purge(self) -> None:
         now = self._clock()

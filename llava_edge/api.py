@@ -123,10 +123,13 @@ class Captioner:
         result = self.describe(image, prompt, detail=detail, options=options)
         return self._response(task_uuid or str(uuid.uuid4()), result, include_cost)
 
-    def run_task(self, request: dict[str, Any], *, allow_local_files: bool = False) -> dict[str, Any]:
+    def run_task(
+        self, request: dict[str, Any], *, allow_local_files: bool = False, image: bytes | None = None
+    ) -> dict[str, Any]:
         """Answer one Runware caption task (``caption`` or legacy ``imageCaption``) with its response item.
 
         The loaded model answers; ``model`` must still name a known variant (or this model's name).
+        ``image``: the task's image already read (the server fetches URLs before a task takes the model).
 
         Raises:
             LlavaEdgeError: carrying the Runware error item, with the task's taskType and taskUUID.
@@ -135,7 +138,8 @@ class Captioner:
         try:
             self._check_model_name(task.model)
             limits = replace(self.image_limits, allow_paths=allow_local_files)
-            result = self.describe(task.image, task.prompt, detail=task.detail, options=self._options_for(task),
+            source = task.image if image is None else image
+            result = self.describe(source, task.prompt, detail=task.detail, options=self._options_for(task),
                                    limits=limits)
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task.task_type

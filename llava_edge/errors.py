@@ -12,8 +12,10 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── ConflictTaskUUIDError             a live task already uses this taskUUID
     │   └── PayloadTooLargeError              a request body is over the server's size cap
     ├── AuthenticationError                   missing or wrong API key (server)
+    │   └── TooManyAttemptsError              too many failed keys from one address; wait a minute
     ├── TaskNotFoundError (KeyError)          getResponse for an unknown or expired task
     ├── ServerBusyError                       the task queue is full; retry later
+    ├── ImageStoreError (OSError)             an upload cannot be stored: the disk is (nearly) full or unwritable
     ├── ServerConfigError (ValueError)        unsafe or impossible server settings
     ├── UnknownModelError (KeyError)          no variant has this id or alias
     ├── RegistryError (ValueError)            models.toml (or a user's registry) is malformed
@@ -125,6 +127,12 @@ class AuthenticationError(LlavaEdgeError):
     parameter = "apiKey"
 
 
+class TooManyAttemptsError(AuthenticationError):
+    """Raised by the server when one client address has sent too many wrong keys in the last minute."""
+
+    code = "tooManyRequests"
+
+
 class TaskNotFoundError(LlavaEdgeError, KeyError):
     """Raised when getResponse names a task that is unknown or whose result has expired."""
 
@@ -136,6 +144,13 @@ class ServerBusyError(LlavaEdgeError):
     """Raised when the server's task queue is full. Retry after a short wait."""
 
     code = "serviceUnavailable"
+
+
+class ImageStoreError(LlavaEdgeError, OSError):
+    """Raised by ``ImageStore.put`` when an image cannot be stored: the disk would keep less free space than
+    the store's margin, or the write itself failed (disk full, read-only). Nothing partial is left behind."""
+
+    code = "storageUnavailable"
 
 
 class ServerConfigError(LlavaEdgeError, ValueError):

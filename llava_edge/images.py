@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import os
 import re
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,11 @@ _DATA_URI = re.compile(
 )
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HIGH_DEPTH = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+"""What Pillow keeps per pixel in memory for a mode; every other mode (RGB included) takes 4 bytes."""
+_STRIP_PIXELS = 1 << 20
+"""Pixels converted at a time from 16/32-bit to 8-bit: float64 scratch of 8 MiB, not 8 bytes per pixel."""
 
 ImageInput = Any
 """``str | bytes | os.PathLike | PIL.Image.Image``."""
@@ -47,6 +54,9 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     """Width x height; larger images are refused before decoding (decompression bombs)."""
+    max_decode_bytes: int = 384 * 1024 * 1024
+    """Memory a decode to RGB may take, estimated from the mode and size in the header before any pixel is
+    read (``decode_memory``). 40 MP in any mode fits (8 bytes per pixel at most); raise it along with ``max_pixels``."""
     transfer: TransferLimits = field(default_factory=TransferLimits)
     allow_paths: bool = True
     """Read local file paths. The server turns this off: a request never names files."""
@@ -119,31 +129,91 @@ def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
         ) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InvalidImageError(f"The image is corrupt or truncated: {err}.") from err
-    return to_rgb(image)
+    return _to_rgb(image, owned=True)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright, first-frame, 8-bit RGB: EXIF orientation applied, alpha composited on white."""
+    """Upright, first-frame, 8-bit RGB: EXIF orientation applied, alpha composited on white. The image given
+    is left as it was."""
+    return _to_rgb(image, owned=False)
+
+
+def decode_memory(mode: str, size: tuple[int, int], *, transparent: bool = False) -> int:
+    """About the most memory, in bytes, that decoding an image of this mode and size to RGB holds at once:
+    the two largest consecutive copies (decoded, upright, each conversion ``to_rgb`` makes), since each copy
+    is freed once the next exists. ``transparent``: the header names a transparent colour (``tRNS``)."""
+    stored = _BYTES_PER_PIXEL.get(mode, 4)
+    sizes = [stored, stored, *(per_pixel for _, per_pixel in _conversions(mode, transparent))]
+    return size[0] * size[1] * max(a + b for a, b in itertools.pairwise(sizes))
+
+
+_Conversion = tuple[Callable[[Image.Image], Image.Image], int]
+"""One step towards RGB and the bytes per pixel of what it makes."""
+
+
+def _to_rgb(image: Image.Image, *, owned: bool) -> Image.Image:
+    """``to_rgb``. ``owned``: nobody else holds ``image`` (a fresh decode), so it is turned upright in place
+    and closed as soon as its converted copy exists; at most two full-size copies are alive at once."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _high_depth_to_l(image)
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("RGB", "L") and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if owned:
+        ImageOps.exif_transpose(image, in_place=True)
+    else:
+        image = ImageOps.exif_transpose(image) or image  # a copy (upright or not); the caller's stays as it was
+    for convert, _ in _conversions(image.mode, "transparency" in image.info):
+        converted = convert(image)
+        if owned and converted is not image:
+            image.close()
+        image, owned = converted, True
+    return image
+
+
+def _conversions(mode: str, transparent: bool) -> list[_Conversion]:
+    if mode in _HIGH_DEPTH:
+        return [(_high_depth_to_l, 1), (_as_rgb, 4)]
+    if mode in ("P", "LA", "PA") or (mode in ("RGB", "L") and transparent):
+        return [(_as_rgba, 4), (_on_white, 4)]
+    if mode == "RGBA":
+        return [(_on_white, 4)]
+    return [(_as_rgb, 4)]
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _as_rgba(image: Image.Image) -> Image.Image:
+    return image.convert("RGBA")
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """RGBA composited on opaque white, as RGB (the same pixels as ``alpha_composite`` on white, in one copy)."""
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba)
+    return background
+
+
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    """Scale 16-bit, 32-bit integer and float images to 8 bits by their own range (no clipping)."""
-    values = np.asarray(image, dtype=np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
-    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    """Scale 16-bit, 32-bit integer and float images to 8 bits by their own range (no clipping), in strips
+    of rows: float64 only for ``_STRIP_PIXELS`` at a time, each pixel computed as one full-size pass would."""
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // width)
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+    def strip(top: int, bottom: int) -> np.ndarray[Any, Any]:
+        return np.asarray(image.crop((0, top, width, bottom)))
+
+    extremes = [(values.min(), values.max()) for values in (strip(top, bottom) for top, bottom in bands)]
+    low, high = float(np.min([lo for lo, _ in extremes])), float(np.max([hi for _, hi in extremes]))
+    scaled = np.zeros((height, width), dtype=np.uint8)
+    if high > low:
+        factor = 255.0 / (high - low)
+        for top, bottom in bands:
+            values = strip(top, bottom).astype(np.float64)
+            values -= low
+            values *= factor
+            scaled[top:bottom] = values.round().astype(np.uint8)
+    return Image.fromarray(scaled)
 
 
 def _check_png_crcs(data: bytes) -> None:
@@ -173,6 +243,7 @@ def _check_format(image: Image.Image) -> None:
 
 
 def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
+    """Refuse an image by its header (Image.open reads no pixels): no pixels, too many, or too many bytes."""
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"The image has no pixels ({width}x{height}).")
@@ -180,6 +251,12 @@ def _check_pixels(image: Image.Image, limits: ImageLimits) -> None:
         raise InvalidImageError(
             f"The image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}. "
             "Downscale it first."
+        )
+    needed = decode_memory(image.mode, image.size, transparent="transparency" in image.info)
+    if needed > limits.max_decode_bytes:
+        raise InvalidImageError(
+            f"Decoding the {width}x{height} image (mode {image.mode}) would take about {needed / 2**20:.0f} MiB; "
+            f"the limit is {limits.max_decode_bytes / 2**20:.0f} MiB. Downscale it or convert it to 8-bit first."
         )
 
 
@@ -213,9 +290,8 @@ def _fetch(url: str, limits: ImageLimits) -> bytes:
     except (TransferError, ValueError) as err:  # ValueError: a malformed URL ("http://[", "http://h:abc/")
         raise InvalidImageError(f"Could not fetch the image at {url[:200]}: {err}.") from err
     if content_type.startswith("text/"):
-        raise InvalidImageError(
-            f"The URL {url[:200]} served {content_type}, not an image.", code="unsupportedImageFormat"
-        )
+        shown = content_type if re.fullmatch(r"text/[a-z0-9.+-]{1,40}", content_type) else "text"  # remote bytes
+        raise InvalidImageError(f"The URL {url[:200]} served {shown}, not an image.", code="unsupportedImageFormat")
     return body
 
 

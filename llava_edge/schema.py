@@ -28,6 +28,8 @@ RESPONSE_TASK_TYPE = "imageCaption"
 DEFAULT_PROMPT = "Describe this image in detail."
 MAX_PROMPT_CHARS = 3000
 MAX_TOKENS_LIMIT = 4096
+MAX_TTL_SECONDS = 7 * 24 * 3600
+"""The longest a finished result may be kept for getResponse: a week."""
 OUTPUT_TYPES = ("URL", "base64Data", "dataURI")
 OUTPUT_FORMATS = ("JPG", "PNG", "WEBP")
 DETAIL_LEVELS = ("auto", "low", "high")
@@ -102,7 +104,7 @@ def parse_caption_request(payload: Any) -> CaptionRequest:
         output_type=fields.choice("outputType", OUTPUT_TYPES, "URL"),
         output_format=fields.choice("outputFormat", OUTPUT_FORMATS, "JPG", fold_case=True),
         output_quality=fields.integer("outputQuality", 20, 99, default=95),
-        ttl=fields.integer("ttl", 60, None, default=None),
+        ttl=fields.integer("ttl", 60, MAX_TTL_SECONDS, default=None),
         detail=fields.choice("detail", DETAIL_LEVELS, "auto"),
         max_tokens=fields.integer("maxTokens", 1, MAX_TOKENS_LIMIT, default=None),
         temperature=fields.number("temperature", 0.0, 2.0),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from support.images import ImageFactory, encode_image
-from support.servers import LiveServer, LoopbackHTTP, ServeProcess
+from support.servers import LiveServer, LoopbackHTTP, ModelHold, ServeProcess
 
 from llava_edge import Captioner, GenerationOptions
 from llava_edge.image_store import ImageStore
@@ -79,6 +79,7 @@ def serve(captioner: Captioner) -> Iterator[Callable[..., LiveServer]]:
         return server
 
     yield start
+    ModelHold.release_all()
     for server in started:
         server.stop()
 

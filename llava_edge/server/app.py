@@ -42,6 +42,7 @@ from llava_edge._version import __version__
 from llava_edge.errors import (
     AuthenticationError,
     ConflictTaskUUIDError,
+    ImageStoreError,
     InvalidImageError,
     InvalidRequestError,
     LlavaEdgeError,
@@ -50,11 +51,14 @@ from llava_edge.errors import (
     RuntimeBackendError,
     ServerBusyError,
     TaskNotFoundError,
+    TooManyAttemptsError,
     UnknownModelError,
 )
 from llava_edge.schema import is_uuid4, task_identity
+from llava_edge.server.connections import guarded_protocol
+from llava_edge.server.guard import RequestGuard
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
-from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
+from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("llava_edge.server.app")
 _STATUS: dict[type[BaseException], int] = {
+    TooManyAttemptsError: 429,
     AuthenticationError: 401,
     TaskNotFoundError: 404,
     ConflictTaskUUIDError: 409,
@@ -71,8 +76,11 @@ _STATUS: dict[type[BaseException], int] = {
     UnknownModelError: 400,
     ModelNotCachedError: 503,
     ServerBusyError: 503,
+    ImageStoreError: 507,
     RuntimeBackendError: 500,
 }
+UNAUTHENTICATED_WS_S = 10.0
+"""Seconds a WebSocket gets to authenticate before it is closed."""
 _IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
 
 
@@ -97,6 +105,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
 
     app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(RequestGuard, settings=settings)
     _add_rest(app, service)
     _add_websocket(app, service)
     _add_resources(app, service)
@@ -104,11 +113,12 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
 
 
 def uvicorn_config(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> uvicorn.Config:
-    """The uvicorn configuration that enforces the settings' frame size and connection limits. Open
-    requests get as long as the drain to be answered when the server stops."""
+    """The uvicorn configuration that enforces the settings' frame size and connection limits (requests in
+    progress are capped by ``RequestGuard``, idle sockets by ``guarded_protocol``). Open requests get as long
+    as the drain to be answered when the server stops."""
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, ws_max_size=settings.max_body_bytes,
-        limit_concurrency=settings.max_connections, log_level=log_level,
+        http=guarded_protocol(settings), log_level=log_level,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 1,
     )
 
@@ -184,12 +194,12 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 def _add_rest(app: FastAPI, service: TaskService) -> None:
     async def post_tasks(request: Request) -> Response:
         try:
-            body = await _read_body(request, service.settings.max_body_bytes)
-            tasks = _rest_tasks(request, parse_task_array(body, service.settings), service.settings)
+            body = await _read_authenticated_body(request, service)
+            tasks = _without_auth_task(parse_task_array(body, service.settings))
         except LlavaEdgeError as err:
             return _envelope([Outcome.failure(err)])
-        base_url = _http_base(request.base_url)
-        outcomes = await asyncio.gather(*(_answer(service, task, base_url) for task in tasks))
+        base_url, client = _http_base(request.base_url), _client(request)
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client) for task in tasks))
         return _envelope(list(outcomes))
 
     options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
@@ -197,24 +207,64 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
     app.add_api_route("/", post_tasks, include_in_schema=False, **options)
 
 
-async def _answer(service: TaskService, task: Any, base_url: str) -> Outcome:
+async def _answer(service: TaskService, task: Any, base_url: str, client: str) -> Outcome:
     if task_identity(task)[0] == AUTH_TASK_TYPE:
-        return service.authenticate(task)
+        return service.authenticate(task, client)
     return await service.run(task, base_url=base_url)
 
 
-async def _read_body(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise _too_large(int(declared), cap)
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise _too_large(total, cap)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _client(request: Request | WebSocket) -> str:
+    """The client's address, the key of the failed-authentication brake."""
+    return request.client.host if request.client else ""
+
+
+async def _read_authenticated_body(request: Request, service: TaskService) -> bytes:
+    """The body, read only as far as needed to check the key before the rest: the ``Authorization`` header
+    is checked before any byte; else the first task of at most ``preauth_body_bytes`` must authenticate."""
+    settings, client = service.settings, _client(request)
+    if request.headers.get("content-length", "").isdigit():
+        _check_size(int(request.headers["content-length"]), settings.max_body_bytes)
+    chunks = request.stream().__aiter__()
+    header = request.headers.get("authorization", "")
+    if settings.api_key is None or header[:7].lower() == "bearer ":
+        service.auth.verify(client, header[7:].strip() or None)
+        return await _read_up_to(chunks, b"", settings.max_body_bytes, limit_is_error=True)
+    prefix = await _read_up_to(chunks, b"", settings.preauth_body_bytes, limit_is_error=False)
+    first = first_task(prefix)
+    service.auth.verify(client, first.get("apiKey") if task_identity(first)[0] == AUTH_TASK_TYPE else None)
+    return await _read_up_to(chunks, prefix, settings.max_body_bytes, limit_is_error=True)
+
+
+async def _read_up_to(chunks: AsyncIterator[bytes], start: bytes, cap: int, *, limit_is_error: bool) -> bytes:
+    """Read on from ``start`` until the body ends or ``cap`` bytes are in hand (an error if ``limit_is_error``)."""
+    body = bytearray(start)
+    while len(body) < cap or limit_is_error:
+        try:
+            body += await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        if limit_is_error:
+            _check_size(len(body), cap)
+    return bytes(body)
+
+
+def first_task(prefix: bytes) -> Any:
+    """The first task of a (possibly cut) JSON array of tasks, or the object itself; None if unreadable."""
+    text = prefix.decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    index = len(text) - len(text.lstrip())
+    if text[index:index + 1] == "[":
+        index += 1
+        index += len(text[index:]) - len(text[index:].lstrip())
+    try:
+        return decoder.raw_decode(text, index)[0]
+    except (ValueError, RecursionError):
+        return None
+
+
+def _check_size(size: int, cap: int) -> None:
+    if size > cap:
+        raise _too_large(size, cap)
 
 
 def _too_large(size: int, cap: int) -> PayloadTooLargeError:
@@ -224,15 +274,9 @@ def _too_large(size: int, cap: int) -> PayloadTooLargeError:
     )
 
 
-def _rest_tasks(request: Request, tasks: list[Any], settings: ServerSettings) -> list[Any]:
-    """Check the key (``Authorization: Bearer`` or a leading authentication task) and drop that task."""
-    header = request.headers.get("authorization", "")
-    key: object = header[7:].strip() if header[:7].lower() == "bearer " else None
-    if task_identity(tasks[0])[0] == AUTH_TASK_TYPE:
-        key = tasks[0].get("apiKey")
-        tasks = tasks[1:]
-    check_api_key(settings, key)
-    return tasks
+def _without_auth_task(tasks: list[Any]) -> list[Any]:
+    """The tasks after a leading authentication task (already checked with the body's first bytes)."""
+    return tasks[1:] if task_identity(tasks[0])[0] == AUTH_TASK_TYPE else tasks
 
 
 def _envelope(outcomes: list[Outcome]) -> Response:
@@ -245,7 +289,7 @@ def _envelope(outcomes: list[Outcome]) -> Response:
     if failures:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
-    headers = {"Retry-After": "2"} if status == 503 else None
+    headers = {"Retry-After": "2" if status == 503 else "60"} if status in (429, 503) else None
     # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
     return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
@@ -263,6 +307,9 @@ def parse_task_array(body: bytes | str, settings: ServerSettings) -> list[Any]:
         tasks = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidRequestError(f"The body is not valid JSON: {err}.", code="invalidJson", parameter="body") from err
+    except RecursionError:
+        raise InvalidRequestError("The body nests JSON too deeply; send a flat array of task objects.",
+                                  code="invalidJson", parameter="body") from None
     tasks = [tasks] if isinstance(tasks, dict) else tasks
     if not isinstance(tasks, list) or not tasks:
         raise InvalidRequestError("Send a non-empty JSON array of tasks: [{\"taskType\": ...}, ...].",
@@ -292,8 +339,9 @@ def _add_websocket(app: FastAPI, service: TaskService) -> None:
 
 
 class _Connection:
-    """One WebSocket client: it must authenticate first; its tasks run concurrently, each answered in
-    its own frame as soon as it is done."""
+    """One WebSocket client: it must authenticate first, within ``UNAUTHENTICATED_WS_S`` seconds and with
+    small frames; its tasks run concurrently (at most ``ws_max_in_flight``: further frames wait), each
+    answered in its own frame as soon as it is done."""
 
     def __init__(self, websocket: WebSocket, service: TaskService):
         self.websocket = websocket
@@ -314,8 +362,11 @@ class _Connection:
                 task.cancel()
 
     async def _receive(self) -> str | bytes | None:
+        settings = self.service.settings
+        timeout = settings.ws_idle_timeout if self.authenticated else min(settings.ws_idle_timeout,
+                                                                           UNAUTHENTICATED_WS_S)
         try:
-            message = await asyncio.wait_for(self.websocket.receive(), self.service.settings.ws_idle_timeout)
+            message = await asyncio.wait_for(self.websocket.receive(), timeout)
         except TimeoutError:
             await self.websocket.close(code=1000, reason="idle timeout")
             return None
@@ -324,6 +375,10 @@ class _Connection:
         return message.get("text") or message.get("bytes") or ""
 
     async def _handle(self, frame: str | bytes) -> None:
+        settings = self.service.settings
+        if not self.authenticated and settings.api_key and len(frame) > settings.preauth_body_bytes:
+            await self.websocket.close(code=1009, reason="authenticate first, in a small frame")
+            raise WebSocketDisconnect(1009)
         try:
             tasks = parse_task_array(frame, self.service.settings)
         except LlavaEdgeError as err:
@@ -332,15 +387,21 @@ class _Connection:
         for raw in tasks:
             task_type, task_uuid = task_identity(raw)
             if task_type == AUTH_TASK_TYPE:
-                outcome = self.service.authenticate(raw)
+                outcome = self.service.authenticate(raw, _client(self.websocket))
                 self.authenticated = outcome.ok
                 await self._send(outcome)
             elif task_type == "ping" or self.authenticated:
+                await self._room_for_one_more()
                 self._start(raw)
             else:
                 await self._send(Outcome.failure(AuthenticationError(
                     "Authenticate first: send [{\"taskType\": \"authentication\", \"apiKey\": ...}].",
                     code="missingApiKey", task_type=task_type, task_uuid=task_uuid)))
+
+    async def _room_for_one_more(self) -> None:
+        """Backpressure: wait (reading no further frames) while this client has its maximum in flight."""
+        while len(self._running) >= self.service.settings.ws_max_in_flight:
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
 
     def _start(self, raw: Any) -> None:
         task = asyncio.create_task(self._run(raw))

@@ -2,9 +2,12 @@
 
 A delivery is retried with exponential back-off until the endpoint answers 2xx or the attempts run out.
 Waiting for a retry blocks nothing: due deliveries sit in a time-ordered heap served by a few threads,
-so one slow or dead endpoint never delays captioning or other endpoints. A delivery that finally fails
+so one slow or dead endpoint never delays captioning or other endpoints; each attempt ends at the limits'
+deadline (resolving, connecting, sending and the answer's headers together). A delivery that finally fails
 is logged (without the URL's query, which often holds a token) and never fails its task; so is one to a
-host the limits do not allow, which is never attempted. ``close`` keeps delivering for a bounded time.
+host or address the limits do not allow (``outbound``: private addresses unless the operator allows them),
+which is not attempted again. Redirects are never followed: a 3xx answer is a final failure.
+``close`` keeps delivering for a bounded time.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from llava_edge.outbound import TransferError, TransferLimits, check_url, send_json
+from llava_edge.outbound import RefusedAddressError, TransferError, TransferLimits, check_url, send_json
 
 MAX_BACKOFF_S = 30.0
 _log = logging.getLogger("llava_edge.server.delivery")
@@ -39,9 +42,9 @@ class Deliverer:
     Args:
         attempts: tries per delivery (the first one included).
         backoff: seconds before the first retry; doubled after each failure, capped at 30 s.
-        limits: timeouts and allowed hosts for each attempt.
+        limits: deadline, timeouts, allowed hosts and address policy for each attempt.
         max_pending: deliveries waiting at most; more are dropped and logged.
-        threads: senders working at once.
+        threads: senders working at once (the bound on concurrent attempts).
     """
 
     def __init__(
@@ -144,9 +147,14 @@ class Deliverer:
             return None
 
     def _attempt(self, delivery: _Delivery) -> None:
+        final = False  # a failure that retrying cannot mend
         try:
             status = send_json(delivery.url, delivery.body, method=delivery.method, limits=self.limits)
             problem = None if 200 <= status < 300 else f"HTTP {status}"
+            if 300 <= status < 400:
+                problem, final = f"HTTP {status}: redirects are not followed; give the final URL", True
+        except RefusedAddressError as err:
+            problem, final = f"refused: {err}", True
         except TransferError as err:
             problem = str(err)
         except Exception as err:
@@ -154,7 +162,7 @@ class Deliverer:
         if problem is None:
             _log.info("%s to %s delivered (attempt %d)", delivery.method, _redact(delivery.url), delivery.attempt)
             return
-        if delivery.attempt >= self.attempts:
+        if final or delivery.attempt >= self.attempts:
             _log.warning("%s to %s failed after %d attempts: %s", delivery.method, _redact(delivery.url),
                          delivery.attempt, problem)
             return

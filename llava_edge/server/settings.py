@@ -16,6 +16,7 @@ from llava_edge.outbound import TransferLimits
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 AUTH_TASK_TYPE = "authentication"
+MIN_LAN_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ServerSettings:
     """Cap on a REST body or WebSocket frame: room for a 20 MiB image as base64 plus JSON."""
     max_tasks_per_request: int = 100
     max_connections: int = 64
-    """Open HTTP + WebSocket connections at most; uvicorn answers 503 beyond it."""
+    """HTTP requests in progress plus open WebSocket sessions at most; more are answered 503. Idle sockets
+    do not count (see ``head_timeout`` and ``max_sockets``)."""
     max_queue: int = 32
     """Caption tasks waiting for the model; one more is answered ``serviceUnavailable``."""
     result_ttl: int = 3600
@@ -51,12 +53,35 @@ class ServerSettings:
     fetch_hosts: frozenset[str] | None = None
     """Hosts a request may make the server contact: image URLs (inputs and imageUpload), webhookURL and
     uploadEndpoint share this one list. ``None``: any host; an empty set: no host at all. Names as
-    written in URLs (``normalise_host``), compared exactly; they are not resolved."""
+    written in URLs (``normalise_host``), compared exactly; they are not resolved. A listed host may
+    resolve to a private address (the operator named it)."""
+    allow_private_fetch: bool = False
+    """Let requests make the server contact non-public addresses (loopback, private, link-local, CGNAT,
+    ...: ``outbound.address_class``). Off by default: a request cannot reach this machine or its network."""
     shutdown_timeout: float = 20.0
     """On SIGTERM or Ctrl-C: seconds the accepted captions (queued and running) get to finish; the
     ones still unfinished then are failed with ``serviceUnavailable`` (and delivered as such)."""
     delivery_flush_timeout: float = 5.0
     """After the captions: seconds pending webhook/uploadEndpoint deliveries get before they are dropped."""
+    allow_origins: frozenset[str] = frozenset()
+    """Browser origins (``scheme://host[:port]``) besides the server's own that may send requests; a request
+    or WebSocket upgrade from any other ``Origin`` is refused (403), so web pages cannot drive the server."""
+    allow_hosts: frozenset[str] = frozenset()
+    """``Host`` names accepted besides IP literals, ``localhost`` and ``*.localhost`` (and, on a LAN bind,
+    this machine's name, ``*.local`` and ``*.internal``): other names are refused (DNS rebinding)."""
+    no_auth: bool = False
+    """Serve a non-loopback address without a key (for clients that cannot send one); warned about at start."""
+    head_timeout: float = 5.0
+    """Seconds a new connection gets to send a complete request head; idle or trickling ones are closed."""
+    max_sockets: int = 512
+    """Open sockets at most, idle ones included; more are closed at once (before any byte is read)."""
+    preauth_body_bytes: int = 64 * 1024
+    """Without an ``Authorization`` header, the bytes read to find the authentication task before the key
+    is checked; the rest of the body is read only after."""
+    ws_max_in_flight: int = 8
+    """Tasks one WebSocket may have running; its further frames wait (backpressure) until one finishes."""
+    auth_failures_per_minute: int = 10
+    """Failed key attempts per client address per minute; beyond it the client is answered 429."""
 
     def check(self) -> None:
         """Refuse settings that would expose the model or break the server.
@@ -65,29 +90,41 @@ class ServerSettings:
             ServerConfigError: a non-loopback bind without an API key, a bound that is not positive, or a
                 fetch host that is not a bare host name.
         """
-        if not is_loopback(self.host) and not self.api_key:
-            raise ServerConfigError(
-                f"Binding {self.host} exposes the server beyond this machine; give --api-key KEY "
-                "(or LLAVA_EDGE_API_KEY), or bind 127.0.0.1."
-            )
+        self._check_key()
         bounds = ("max_body_bytes", "max_tasks_per_request", "max_connections", "max_queue", "result_ttl",
-                  "delivery_attempts")
+                  "delivery_attempts", "max_sockets", "preauth_body_bytes", "ws_max_in_flight",
+                  "auth_failures_per_minute")
         for name in bounds:
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("shutdown_timeout", "delivery_flush_timeout"):
+        for name in ("shutdown_timeout", "delivery_flush_timeout", "head_timeout"):
             if getattr(self, name) < 0:
                 raise ServerConfigError(f"{name} must not be negative, got {getattr(self, name)}.")
         for host in self.fetch_hosts or ():
             if normalise_host(host) != host:
                 raise ServerConfigError(f"Fetch host {host!r} is not normalised; pass it through normalise_host().")
 
+    def _check_key(self) -> None:
+        if self.no_auth and self.api_key:
+            raise ServerConfigError("Give either --api-key or --no-auth, not both.")
+        if is_loopback(self.host) or self.no_auth:
+            return
+        if not self.api_key or len(self.api_key) < MIN_LAN_KEY_CHARS:
+            raise ServerConfigError(
+                f"Binding {self.host} exposes the server beyond this machine; give --api-key with a key of at "
+                f"least {MIN_LAN_KEY_CHARS} characters (or LLAVA_EDGE_API_KEY; e.g. from "
+                "`python -c \"import secrets; print(secrets.token_urlsafe())\"`), bind 127.0.0.1, or pass --no-auth "
+                "for clients that cannot send a key."
+            )
+
     def outbound(self, limits: TransferLimits) -> TransferLimits:
-        """``limits`` restricted to ``fetch_hosts`` (intersected with any allow-list ``limits`` already has)."""
-        if self.fetch_hosts is None:
-            return limits
-        allowed = self.fetch_hosts if limits.allowed_hosts is None else self.fetch_hosts & set(limits.allowed_hosts)
-        return replace(limits, allowed_hosts=frozenset(allowed))
+        """``limits`` restricted to ``fetch_hosts`` (intersected with any allow-list ``limits`` already has)
+        and, unless ``allow_private_fetch``, to public addresses; hosts in ``fetch_hosts`` may be private."""
+        allowed = limits.allowed_hosts
+        if self.fetch_hosts is not None:
+            allowed = frozenset(self.fetch_hosts if allowed is None else self.fetch_hosts & set(allowed))
+        return replace(limits, allowed_hosts=allowed, allow_private=limits.allow_private and self.allow_private_fetch,
+                       private_hosts=frozenset(limits.private_hosts) | (self.fetch_hosts or frozenset()))
 
 
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
@@ -139,7 +176,8 @@ def check_api_key(settings: ServerSettings, presented: object) -> None:
             code="missingApiKey",
             task_type=AUTH_TASK_TYPE,
         )
-    if not hmac.compare_digest(presented.encode(), settings.api_key.encode()):
+    given = presented.encode("utf-8", "surrogatepass")  # a lone surrogate is valid JSON: refuse it, don't crash
+    if not hmac.compare_digest(given, settings.api_key.encode("utf-8", "surrogatepass")):
         raise AuthenticationError(
             "Invalid API key: use the key the server was started with (--api-key).", task_type=AUTH_TASK_TYPE
         )

@@ -1,8 +1,11 @@
 """Runware task dispatch for the server: caption, imageUpload, getResponse, ping and authentication.
 
-``TaskService`` owns a bounded queue and ONE worker thread that runs every caption, so the model is
-used by one task at a time and the event loop only waits on futures. A full queue answers
-``serviceUnavailable`` at once. Every caption task is registered by taskUUID (``conflictTaskUUID`` on
+``TaskService`` admits a bounded number of caption tasks and has ONE worker thread that runs every
+caption, so the model is used by one task at a time and the event loop only waits on futures. A full
+queue answers ``serviceUnavailable`` at once. A task's image is read first (URL fetches under their own
+deadline, base64 decodes), by a small pool outside the model thread: a slow URL never holds the model.
+The worker cannot die of a task: whatever a task raises becomes that task's error, and a supervisor loop
+restarts the worker should it ever stop. Every caption task is registered by taskUUID (``conflictTaskUUID`` on
 reuse while it runs or its result is kept), its outcome is kept for ``ttl`` seconds for
 ``getResponse``, and, when asked, delivered to ``webhookURL`` / ``uploadEndpoint``. Errors are per
 task: each call answers one ``Outcome`` and never raises for a bad task.
@@ -19,19 +22,22 @@ import asyncio
 import copy
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError, ServerBusyError
 from llava_edge.images import decode_image_bytes, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, is_uuid4, parse_caption_request, task_identity
+from llava_edge.server.auth import AuthGate
 from llava_edge.server.delivery import Deliverer
-from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
+from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_results import Outcome, TaskRegistry
 
 if TYPE_CHECKING:
@@ -40,16 +46,20 @@ if TYPE_CHECKING:
 UPLOAD_TASK_TYPE = "imageUpload"
 UPLOADS_AT_ONCE = 2
 """Uploads decoded at the same time (each may hold a 40-megapixel image in memory)."""
+READS_AT_ONCE = 4
+"""Caption images read at the same time (URL fetches, base64 decodes), outside the model thread."""
 CANCEL_GRACE = 5.0
 """Seconds a caption cancelled at the shutdown deadline gets to unwind, so the model can be closed."""
 _log = logging.getLogger("llava_edge.server.task_service")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Job:
     raw: dict[str, Any]
     request: CaptionRequest
-    future: Future[Outcome]
+    future: Future[Outcome] = field(default_factory=Future)
+    image: bytes | None = None
+    """The image's bytes, once read; the job enters the model queue only then."""
     completed: threading.Event = field(default_factory=threading.Event)
 
 
@@ -60,11 +70,15 @@ class TaskService:
         self.captioner = _fetching_from(captioner, settings)
         self.settings = settings
         self.registry = TaskRegistry(max_kept=settings.max_kept_results)
+        self.auth = AuthGate(settings)
         self.deliverer = Deliverer(
             attempts=settings.delivery_attempts, backoff=settings.delivery_backoff,
             limits=settings.outbound(settings.delivery_limits), max_pending=settings.max_pending_deliveries,
         )
-        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=settings.max_queue)
+        self._queue: queue.Queue[_Job] = queue.Queue()
+        """Jobs whose image is read, waiting for the model (admission bounds them, see ``_admit``)."""
+        self._jobs: set[_Job] = set()
+        """Every admitted job that has no outcome yet: reading its image, queued or running."""
         self._draining = threading.Event()
         """Set by ``begin_shutdown``: new captions are refused."""
         self._stopping = threading.Event()
@@ -77,8 +91,11 @@ class TaskService:
         self._deadline = float("inf")
         self._abandoned = False
         self._drainer: threading.Thread | None = None
-        self._worker = threading.Thread(target=self._work, name="llava-edge-model", daemon=True)
+        self._worker = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
+        self.worker_restarts = 0
         self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+        self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
+        self._readers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
             "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: self._upload,
             "getResponse": self._get_response, "ping": self._ping,
@@ -138,31 +155,32 @@ class TaskService:
         return {
             "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
-            "queueDepth": self._queue.qsize(),
+            "queueDepth": self._waiting(),
             "queueLimit": self.settings.max_queue,
             "running": self._running is not None,
             "liveTasks": live,
             "keptResults": kept,
             "pendingDeliveries": self.deliverer.pending,
+            "workerRestarts": self.worker_restarts,
         }
 
+    def _waiting(self) -> int:
+        """Admitted caption tasks not running yet (reading their image or queued)."""
+        with self._lock:
+            return len(self._jobs) - (self._running is not None)
+
     def _drain(self) -> None:
-        """Wait until every accepted caption is done or the deadline passes; then fail the rest."""
-        done = self._queue.all_tasks_done
-        with done:
-            while self._queue.unfinished_tasks and time.monotonic() < self._deadline and not self._hurry.is_set():
-                done.wait(min(0.1, max(0.0, self._deadline - time.monotonic())))  # re-read: it may shorten
+        """Wait until every admitted caption is done or the deadline passes; then fail the rest."""
+        while time.monotonic() < self._deadline and not self._hurry.is_set():
+            with self._lock:
+                if not self._jobs:
+                    break
+            time.sleep(0.05)
         with self._lock:
             self._abandoned = True
             running = self._running
+            leftovers = list(self._jobs)
         self._stopping.set()
-        leftovers = [running] if running is not None else []
-        while True:
-            try:
-                leftovers.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-            self._queue.task_done()
         failed = sum(self._complete(job, _shutdown_failure(job, started=job is running)) for job in leftovers)
         if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
             self.captioner.runtime.cancel()
@@ -184,13 +202,20 @@ class TaskService:
             err.task_type = err.task_type or task_type
             err.task_uuid = err.task_uuid or task_uuid  # echoed as sent, so the client can route the error
             return Outcome.failure(err)
+        except Exception:  # every task is answered, whatever it raised
+            _log.exception("task %s failed unexpectedly", task_uuid)
+            return Outcome.failure(_internal_error(task_type, task_uuid))
 
-    def authenticate(self, raw: dict[str, Any]) -> Outcome:
-        """Check an ``authentication`` task; success answers a fresh ``connectionSessionUUID``."""
+    def authenticate(self, raw: dict[str, Any], client: str) -> Outcome:
+        """Check an ``authentication`` task from ``client`` (an address); success answers a fresh
+        ``connectionSessionUUID``."""
         try:
-            check_api_key(self.settings, raw.get("apiKey"))
+            self.auth.verify(client, raw.get("apiKey"))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
+        except Exception:
+            _log.exception("authentication task failed unexpectedly")
+            return Outcome.failure(_internal_error(AUTH_TASK_TYPE, None))
         return Outcome({"taskType": AUTH_TASK_TYPE, "connectionSessionUUID": str(uuid.uuid4())})
 
     async def _ping(self, raw: dict[str, Any], base_url: str) -> Outcome:
@@ -217,7 +242,7 @@ class TaskService:
                 "image is required: a data URI, base64 string or URL.", code="missingImage", parameter="image"
             )
         async with self._upload_slots:
-            name = await asyncio.to_thread(self._store_image, image)
+            name = await in_daemon_thread(self._store_image, image)
         image_uuid = name.split(".", 1)[0]
         return Outcome({"taskType": UPLOAD_TASK_TYPE, "taskUUID": task_uuid, "imageUUID": image_uuid,
                         "imageURL": f"{base_url}images/{name}"})
@@ -229,39 +254,73 @@ class TaskService:
         try:
             data = read_image_bytes(image, limits=limits, store=store)
             decode_image_bytes(data, limits)
+            return store.path(store.put(data)).name
         except LlavaEdgeError as err:
             err.parameter = "image"
             raise
-        return store.path(store.put(data)).name
 
     async def _caption(self, raw: dict[str, Any], base_url: str) -> Outcome:
         request = parse_caption_request(raw)
-        future = self._enqueue(raw, request)
+        job = self._admit(raw, request)
+        reader = asyncio.create_task(self._read_then_queue(job, base_url))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
         if request.delivery_method == "async":
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await asyncio.shield(asyncio.wrap_future(job.future))
 
-    def _enqueue(self, raw: dict[str, Any], request: CaptionRequest) -> Future[Outcome]:
+    def _admit(self, raw: dict[str, Any], request: CaptionRequest) -> _Job:
+        """Register the task and take it in, unless the queue is full or the server is shutting down."""
         ttl = request.ttl if request.ttl is not None else self.settings.result_ttl
         self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
-        job = _Job(raw, request, Future())
+        job = _Job(raw, request)
+        with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
+            waiting = len(self._jobs) - (self._running is not None)
+            if self._draining.is_set() or waiting >= self.settings.max_queue:
+                refused = ServerBusyError(
+                    "The server is shutting down; send the task again when it is back." if self._draining.is_set()
+                    else f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
+                    "Retry in a few seconds."
+                )
+            else:
+                self._jobs.add(job)
+                return job
+        self.registry.discard(request.task_uuid)
+        raise refused
+
+    async def _read_then_queue(self, job: _Job, base_url: str) -> None:
+        """Read the job's image outside the model thread (bounded pool), then queue it for the model."""
         try:
-            with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
-                if self._draining.is_set():
-                    raise ServerBusyError("The server is shutting down; send the task again when it is back.")
+            async with self._read_slots:
+                job.image = await in_daemon_thread(self._read_image, job.request.image, base_url)
+        except LlavaEdgeError as err:
+            self._complete(job, _failure(err, job.request))
+            return
+        except Exception:
+            _log.exception("reading the image of task %s failed unexpectedly", job.request.task_uuid)
+            self._complete(job, Outcome.failure(_internal_error(job.request.task_type, job.request.task_uuid)))
+            return
+        with self._lock:
+            if not job.completed.is_set():  # else the drain already failed it
                 self._queue.put_nowait(job)
-        except queue.Full:
-            self.registry.discard(request.task_uuid)
-            raise ServerBusyError(
-                f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
-                "Retry in a few seconds.",
-            ) from None
-        except ServerBusyError:
-            self.registry.discard(request.task_uuid)
-            raise
-        return job.future
+
+    def _read_image(self, image: str, base_url: str) -> bytes:
+        """The bytes of a caption image; this server's own ``/images/<uuid>.<ext>`` URLs are read from the
+        image store, not fetched (the fetch policy refuses the server's own, private, address)."""
+        limits = replace(self.captioner.image_limits, allow_paths=False)
+        source = _own_image_uuid(image, base_url) or image
+        return read_image_bytes(source, limits=limits, store=self.captioner.image_store)
 
     # -- the model worker -----------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """The model thread: runs the worker loop, and restarts it should it ever stop unexpectedly."""
+        while not self._stopping.is_set():
+            try:
+                self._work()
+            except BaseException:
+                self.worker_restarts += 1
+                _log.exception("the model worker stopped unexpectedly; restarting it")
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -271,12 +330,13 @@ class TaskService:
                 continue
             try:
                 with self._lock:
-                    abandoned = self._abandoned
-                    self._running = None if abandoned else job
-                if abandoned:  # taken just as the drain ended: it fails like the other leftovers
-                    self._complete(job, _shutdown_failure(job, started=False))
-                else:
+                    skip = self._abandoned or job.completed.is_set()
+                    self._running = None if skip else job
+                if not skip:
                     self._complete(job, self._caption_now(job))
+            except Exception:
+                _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
+                self._complete(job, Outcome.failure(_internal_error(job.request.task_type, job.request.task_uuid)))
             finally:
                 with self._lock:
                     self._running = None
@@ -284,7 +344,7 @@ class TaskService:
 
     def _caption_now(self, job: _Job) -> Outcome:
         try:
-            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False))
+            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.image))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
         except Exception as err:
@@ -301,11 +361,15 @@ class TaskService:
                           job.request.task_uuid)
                 return False
             job.completed.set()
+            self._jobs.discard(job)
         request = job.request
-        self.registry.finish(request.task_uuid, outcome)
-        for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
-            if url is not None:
-                self.deliverer.submit(url, method, outcome.with_status().item)
+        try:
+            self.registry.finish(request.task_uuid, outcome)
+            for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
+                if url is not None:
+                    self.deliverer.submit(url, method, outcome.with_status().item)
+        except Exception:  # the answer below must still be given
+            _log.exception("keeping or delivering the outcome of task %s failed", request.task_uuid)
         try:
             job.future.set_result(outcome)
         except InvalidStateError:
@@ -315,13 +379,59 @@ class TaskService:
 
 def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
     """The captioner as the server uses it: the same loaded model, with image URL fetches limited to the
-    settings' ``fetch_hosts``. A shallow copy, so the caller's own captioner keeps its limits."""
-    if settings.fetch_hosts is None:
+    settings' ``fetch_hosts`` and fetch policy (``outbound``). A shallow copy, so the caller's own captioner
+    keeps its limits."""
+    if settings.fetch_hosts is None and settings.allow_private_fetch:
         return captioner
     view = copy.copy(captioner)
     limits = captioner.image_limits
     view.image_limits = replace(limits, transfer=settings.outbound(limits.transfer))
     return view
+
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a daemon thread of its own. Unlike ``asyncio.to_thread``, a read still blocked
+    on a slow peer never delays the process's exit (the loop's executor is joined at shutdown)."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not result.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            value = function(*args)
+        except BaseException as err:
+            failure = err  # ``err`` itself is unbound when the except block ends
+            loop.call_soon_threadsafe(settle, lambda: result.set_exception(failure))
+        else:
+            loop.call_soon_threadsafe(settle, lambda: result.set_result(value))
+
+    threading.Thread(target=run, name="llava-edge-read", daemon=True).start()
+    return await result
+
+
+_OWN_IMAGE_PATH = re.compile(r"/images/([0-9a-fA-F-]{36})\.[a-z]{3,4}")
+
+
+def _own_image_uuid(image: str, base_url: str) -> str | None:
+    """The imageUUID behind a URL of this server's own ``/images/<uuid>.<ext>`` (as the client reached the
+    server), else None."""
+    parts, base = urlsplit(image.strip()), urlsplit(base_url)
+    same_server = parts.scheme in ("http", "https") and parts.netloc.lower() == base.netloc.lower()
+    match = _OWN_IMAGE_PATH.fullmatch(parts.path) if same_server and not parts.query else None
+    return match.group(1).lower() if match and is_uuid4(match.group(1).lower()) else None
+
+
+def _internal_error(task_type: str | None, task_uuid: str | None) -> LlavaEdgeError:
+    error = LlavaEdgeError("Internal error while answering this task; it was logged on the server. Retry it, "
+                           "and report it if it happens again.")
+    error.task_type, error.task_uuid = task_type, task_uuid
+    return error
 
 
 def _shutdown_failure(job: _Job, *, started: bool) -> Outcome:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from support.images import data_uri
-from support.servers import LiveServer, LoopbackHTTP, caption_task, poll, post, wait_until
+from support.servers import LiveServer, LoopbackHTTP, ModelHold, caption_task, poll, post, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -54,14 +54,13 @@ def receive(socket: ClientConnection, count: int, timeout: float = 30) -> list[d
     return [json.loads(socket.recv(timeout=max(0.1, deadline - time.monotonic()))) for _ in range(count)]
 
 
-def block_worker(server: LiveServer, slow: LoopbackHTTP, make_image: Callable[..., bytes]) -> str:
-    """Occupy the model worker with an async task whose image URL answers only on ``slow.release()``."""
-    slow.image = make_image(20, 20)
-    slow.hold()
-    task = caption_task(f"{slow.url}/slow.png", deliveryMethod="async")
+def block_worker(server: LiveServer, make_image: Callable[..., bytes]) -> tuple[str, ModelHold]:
+    """Occupy the model worker with an async caption that runs until the returned hold is released."""
+    hold = ModelHold(server)
+    task = caption_task(data_uri(make_image(20, 20)), deliveryMethod="async")
     assert post(server, [task]).status_code == 200
     wait_until(lambda: server.service.health()["running"])
-    return str(task["taskUUID"])
+    return str(task["taskUUID"]), hold
 
 
 # -- REST -----------------------------------------------------------------------------------------
@@ -144,7 +143,8 @@ def test_rest_invalid_json_and_body_cap(serve: Callable[..., LiveServer], png: s
     assert broken.status_code == 400 and broken.json()["errors"][0]["code"] == "invalidJson"
     big = post(server, [caption_task("A" * 10_000)])
     assert big.status_code == 413 and big.json()["errors"][0]["code"] == "payloadTooLarge"
-    chunked = httpx.post(f"{server.http}/v1", content=iter([b"[" + b" " * 3000, b" " * 3000 + b"]"]))
+    chunked = httpx.post(f"{server.http}/v1", content=iter([b"[" + b" " * 3000, b" " * 3000 + b"]"]),
+                         headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413
 
 
@@ -225,16 +225,16 @@ def test_async_then_get_response(serve: Callable[..., LiveServer], captioner: Ca
 
 
 def test_get_response_reports_processing_then_failure(
-    serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
+    serve: Callable[..., LiveServer], make_image: Callable[..., bytes]
 ) -> None:
     server = serve()
-    running = block_worker(server, loopback_http, make_image)
+    running, hold = block_worker(server, make_image)
     failing = caption_task("data:image/png;base64,aGVsbG8=", deliveryMethod="async")
     assert post(server, [failing]).status_code == 200
     for task_uuid in (running, failing["taskUUID"]):
         item = post(server, [{"taskType": "getResponse", "taskUUID": task_uuid}]).json()["data"][0]
         assert item == {"taskType": "imageCaption", "taskUUID": task_uuid, "status": "processing"}
-    loopback_http.release()
+    hold.release()
     assert poll(server, running).json()["data"][0]["text"]
     failed = poll(server, str(failing["taskUUID"]), until="error")
     assert failed.status_code == 400
@@ -244,25 +244,25 @@ def test_get_response_reports_processing_then_failure(
 
 
 def test_conflict_task_uuid_while_live(
-    serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes], png: str
+    serve: Callable[..., LiveServer], make_image: Callable[..., bytes], png: str
 ) -> None:
     server = serve()
-    running = block_worker(server, loopback_http, make_image)
+    running, hold = block_worker(server, make_image)
     again = post(server, [caption_task(png, taskUUID=running)])
     assert again.status_code == 409
     assert again.json()["errors"][0] | {"message": ""} == {
         "code": "conflictTaskUUID", "message": "", "parameter": "taskUUID", "taskType": "caption",
         "taskUUID": running}
-    loopback_http.release()
+    hold.release()
     poll(server, running)
     assert post(server, [caption_task(png, taskUUID=running)]).status_code == 409  # its result is still kept
 
 
 def test_queue_full_answers_busy_and_loses_nothing(
-    serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes], png: str
+    serve: Callable[..., LiveServer], make_image: Callable[..., bytes], png: str
 ) -> None:
     server = serve(max_queue=2)
-    running = block_worker(server, loopback_http, make_image)
+    running, hold = block_worker(server, make_image)
     queued = [caption_task(png, deliveryMethod="async") for _ in range(2)]
     assert post(server, queued).status_code == 200
     assert server.service.health()["queueDepth"] == 2
@@ -276,23 +276,24 @@ def test_queue_full_answers_busy_and_loses_nothing(
     health = httpx.get(f"{server.http}/health").json()
     assert health | {"liveTasks": 0, "keptResults": 0} == {
         "status": "ok", "model": server.service.captioner.model_name, "queueDepth": 2, "queueLimit": 2,
-        "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0}
-    loopback_http.release()
+        "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0}
+    hold.release()
     for task_uuid in [running] + [task["taskUUID"] for task in queued]:
         assert poll(server, str(task_uuid)).json()["data"][0]["status"] == "success"
     assert post(server, [refused]).status_code == 200  # the refused UUID was not kept: it may be sent again
 
 
 def test_event_loop_stays_responsive_while_the_model_is_busy(
-    serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
+    serve: Callable[..., LiveServer], make_image: Callable[..., bytes]
 ) -> None:
     server = serve()
-    block_worker(server, loopback_http, make_image)  # held until release(): answers below come meanwhile
+    _, hold = block_worker(server, make_image)  # held until release(): answers below come meanwhile
     assert httpx.get(f"{server.http}/health", timeout=10).json()["running"] is True
     with ws_session(server, key="any") as socket:
         socket.send(json.dumps([{"taskType": "ping", "ping": True}]))
         assert receive(socket, 1, timeout=10) == [{"data": [{"taskType": "ping", "pong": True}]}]
     assert server.service.health()["running"] is True
+    hold.release()
 
 
 def test_health_and_openapi(serve: Callable[..., LiveServer], captioner: Captioner) -> None:
@@ -444,10 +445,16 @@ def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_public_bind_requires_an_api_key() -> None:
+def test_public_bind_requires_a_long_api_key_or_an_explicit_no_auth() -> None:
     with pytest.raises(ServerConfigError, match="--api-key"):
         ServerSettings(host="0.0.0.0").check()
-    ServerSettings(host="0.0.0.0", api_key="k").check()
+    with pytest.raises(ServerConfigError, match="at least 16 characters"):
+        ServerSettings(host="0.0.0.0", api_key="k").check()
+    ServerSettings(host="0.0.0.0", api_key="k" * 16).check()
+    ServerSettings(host="0.0.0.0", no_auth=True).check()
+    ServerSettings(host="127.0.0.1", api_key="k").check()  # loopback: any key the operator likes
+    with pytest.raises(ServerConfigError, match="not both"):
+        ServerSettings(host="0.0.0.0", api_key="k" * 16, no_auth=True).check()
     with pytest.raises(ServerConfigError, match="max_queue"):
         ServerSettings(max_queue=0).check()
 
@@ -473,3 +480,36 @@ def test_registry_ttl_per_task_cap_and_conflicts() -> None:
     with pytest.raises(TaskNotFoundError):
         registry.lookup("b")  # beyond max_kept, the oldest finished result goes first
     assert registry.counts() == (1, 2)
+
+
+def test_a_slow_image_url_never_holds_the_model(
+    serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes], png: str
+) -> None:
+    """The image is read before the task takes the model: captions behind a held URL run at once."""
+    server = serve(allow_private_fetch=True)  # the loopback image host stands in for a public one
+    loopback_http.image = make_image(20, 20)
+    loopback_http.hold()
+    slow = caption_task(f"{loopback_http.url}/slow.png", deliveryMethod="async")
+    assert post(server, [slow]).status_code == 200
+    loopback_http.wait_for(1)
+    started = time.monotonic()
+    quick = post(server, [caption_task(png)])
+    assert quick.status_code == 200 and quick.json()["data"][0]["text"]
+    assert time.monotonic() - started < 5
+    assert server.service.health() | {"liveTasks": 0, "keptResults": 0} == server.service.health() | {
+        "queueDepth": 1, "running": False, "liveTasks": 0, "keptResults": 0}  # the slow one is still reading
+    loopback_http.release()
+    assert poll(server, str(slow["taskUUID"])).json()["data"][0]["text"]
+
+
+def test_an_image_url_of_this_server_is_read_from_its_store(serve: Callable[..., LiveServer], png: str) -> None:
+    """imageUpload, then caption the imageURL it answered: no fetch (the server's own address is private)."""
+    server = serve()
+    upload = post(server, [{"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()), "image": png}])
+    image_url = upload.json()["data"][0]["imageURL"]
+    assert image_url.startswith(f"{server.http}/images/")
+
+    answer = post(server, [caption_task(image_url)])
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"][0]["text"] == expected(server.service.captioner, caption_task(png))["text"]

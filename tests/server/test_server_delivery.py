@@ -1,7 +1,8 @@
 """Result delivery and retention: webhookURL POSTs, uploadEndpoint PUTs (with retries), and ttl expiry.
 
 Receivers are real HTTP servers on 127.0.0.1 (``loopback_http``); the server is the real one on the
-tiny model.
+tiny model, started with ``allow_private_fetch`` (``LOOPBACK``) because the loopback receivers stand in for
+public ones (tests/server/test_server_ssrf.py covers the default refusal).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from support.servers import LiveServer, LoopbackHTTP, caption_task, post
 from llava_edge.outbound import TransferLimits
 
 FAST_RETRIES: dict[str, Any] = {"delivery_attempts": 4, "delivery_backoff": 0.05}
+LOOPBACK: dict[str, Any] = {"allow_private_fetch": True}
 
 
 def get_response(server: LiveServer, task_uuid: object) -> httpx.Response:
@@ -46,7 +48,7 @@ def closed_port() -> int:
 def test_async_webhook_gets_the_result_item(
     serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
 ) -> None:
-    server = serve(**FAST_RETRIES)
+    server = serve(**FAST_RETRIES, **LOOPBACK)
     task = caption_task(data_uri(make_image()), deliveryMethod="async", includeCost=True,
                         webhookURL=f"{loopback_http.url}/hook?token=abc")
     assert "text" not in post(server, [task]).json()["data"][0]
@@ -60,7 +62,7 @@ def test_async_webhook_gets_the_result_item(
 def test_webhook_retried_with_backoff_until_accepted(
     serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
 ) -> None:
-    server = serve(delivery_attempts=4, delivery_backoff=0.2)
+    server = serve(delivery_attempts=4, delivery_backoff=0.2, **LOOPBACK)
     loopback_http.statuses = [500, 503]
     task = caption_task(data_uri(make_image()), webhookURL=f"{loopback_http.url}/hook")
     inline = post(server, [task]).json()["data"][0]  # sync: answered inline AND posted
@@ -77,7 +79,7 @@ def test_webhook_retried_with_backoff_until_accepted(
 def test_unreachable_webhook_never_fails_or_delays_the_task(
     serve: Callable[..., LiveServer], make_image: Callable[..., bytes], caplog: Any
 ) -> None:
-    server = serve(**FAST_RETRIES)
+    server = serve(**FAST_RETRIES, **LOOPBACK)
     dead = f"http://127.0.0.1:{closed_port()}/hook?secret=s3cr3t"
     task = caption_task(data_uri(make_image()), webhookURL=dead, deliveryMethod="async")
     assert post(server, [task]).status_code == 200
@@ -93,7 +95,7 @@ def test_unreachable_webhook_never_fails_or_delays_the_task(
 def test_hanging_webhook_holds_up_neither_captions_nor_other_webhooks(
     serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
 ) -> None:
-    server = serve(**FAST_RETRIES, delivery_limits=TransferLimits(timeout=30, deadline=30))
+    server = serve(**FAST_RETRIES, delivery_limits=TransferLimits(timeout=30, deadline=30), **LOOPBACK)
     hanging = LoopbackHTTP()
     hanging.hold()  # its answers wait until release(): the first delivery attempt stays in flight
     try:
@@ -112,7 +114,7 @@ def test_hanging_webhook_holds_up_neither_captions_nor_other_webhooks(
 def test_upload_endpoint_receives_a_put(
     serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP, make_image: Callable[..., bytes]
 ) -> None:
-    server = serve(**FAST_RETRIES)
+    server = serve(**FAST_RETRIES, **LOOPBACK)
     loopback_http.statuses = [502]
     task = caption_task(data_uri(make_image()), deliveryMethod="async", uploadEndpoint=f"{loopback_http.url}/put/x")
     post(server, [task])
@@ -124,7 +126,7 @@ def test_upload_endpoint_receives_a_put(
 def test_failed_task_is_delivered_as_an_error_item(
     serve: Callable[..., LiveServer], loopback_http: LoopbackHTTP
 ) -> None:
-    server = serve(**FAST_RETRIES)
+    server = serve(**FAST_RETRIES, **LOOPBACK)
     task = caption_task("data:image/png;base64,aGVsbG8=", deliveryMethod="async",
                         webhookURL=f"{loopback_http.url}/hook")
     post(server, [task])

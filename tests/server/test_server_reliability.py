@@ -32,7 +32,7 @@ import httpx
 import psutil
 import pytest
 from support.images import data_uri
-from support.servers import LiveServer, LoopbackHTTP, ServeProcess, caption_task, poll, post, wait_until
+from support.servers import LiveServer, LoopbackHTTP, ModelHold, ServeProcess, caption_task, poll, post, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -118,7 +118,7 @@ def test_load_many_clients_every_task_answered_once(serve_process: Callable[...,
     assert after - before < 32 * 2**20  # measured: under 10 MiB (the first run settles), then flat
     assert httpx.get(f"{server.http}/health", timeout=10).json() | {"keptResults": 0} == {
         "status": "ok", "model": "synthetic-tiny", "queueDepth": 0, "queueLimit": 4, "running": False,
-        "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0}
+        "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0}
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     assert "Traceback" not in server.output and "ERROR" not in server.output
@@ -128,10 +128,11 @@ def test_load_many_clients_every_task_answered_once(serve_process: Callable[...,
 
 
 def test_websocket_client_vanishing_mid_task_harms_nothing(
-    serve: Callable[..., LiveServer], slow_host: LoopbackHTTP, png: str, server_warnings: LogRecords
+    serve: Callable[..., LiveServer], png: str, server_warnings: LogRecords
 ) -> None:
     server = serve()
-    running = caption_task(f"{slow_host.url}/held.png")  # sync: it holds the worker until release()
+    hold = ModelHold(server)
+    running = caption_task(png)  # sync: it holds the worker until release()
     queued, later = caption_task(png), caption_task(png, deliveryMethod="async")
     with connect(server.ws, open_timeout=10) as leaving:
         leaving.send(json.dumps([{"taskType": "authentication", "apiKey": "k"}]))
@@ -148,7 +149,7 @@ def test_websocket_client_vanishing_mid_task_harms_nothing(
         assert json.loads(staying.recv(timeout=5)) == {"data": [{"taskType": "ping", "pong": True}]}
         other = caption_task(png)
         staying.send(json.dumps([other]))
-        slow_host.release()
+        hold.release()
         answer = json.loads(staying.recv(timeout=30))["data"][0]
     assert answer["taskUUID"] == other["taskUUID"] and answer["text"]
     for task in (running, queued, later):  # the work was done and kept; only the answers had nowhere to go
@@ -175,20 +176,25 @@ def delivered(receiver: LoopbackHTTP, count: int) -> dict[str, dict[str, Any]]:
     return {path.lstrip("/"): json.loads(body) for _, path, body in receiver.wait_for(count, timeout=20)}
 
 
+def long_caption(image: str, receiver: LoopbackHTTP, name: str) -> dict[str, object]:
+    """A caption that runs for seconds on the tiny model (greedy: no EOS within 4,096 tokens; needs --n-ctx 8192)."""
+    return hooked(image, receiver, name, maxTokens=4096, temperature=0)
+
+
 def test_sigterm_finishes_accepted_tasks_then_exits_0(
     serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, loopback_http: LoopbackHTTP, png: str
 ) -> None:
-    server = serve_process("--shutdown-timeout", "15", "--allow-fetch-host", "127.0.0.1")
+    server = serve_process("--shutdown-timeout", "15", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192")
     refused = httpx.post(f"{server.http}/v1", json=[caption_task(slow_host.url.replace("127.0.0.1", "localhost"))])
     assert refused.status_code == 400 and "not in the allowed hosts" in refused.text  # the CLI option is wired
-    tasks = [hooked(f"{slow_host.url}/held.png", loopback_http, "running")]
+    tasks = [long_caption(png, loopback_http, "running"), hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
     tasks += [hooked(png, loopback_http, f"queued{n}") for n in range(3)]
     assert httpx.post(f"{server.http}/v1", json=tasks).status_code == 200
     waiting, answers = post_in_thread(f"{server.http}/v1", [sync := caption_task(png)])
     with connect(server.ws, open_timeout=10) as socket_:
         socket_.send(json.dumps([{"taskType": "authentication", "apiKey": "k"}]))
         socket_.recv(timeout=10)
-        wait_until(lambda: httpx.get(f"{server.http}/health").json()["queueDepth"] == 4)
+        wait_until(lambda: _health(server) == (True, 5))  # one running, one reading its image, four queued
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed) as closed:
@@ -200,8 +206,8 @@ def test_sigterm_finishes_accepted_tasks_then_exits_0(
     elapsed = time.monotonic() - started
     waiting.join(10)
     assert answers[0].status_code == 200 and answers[0].json()["data"][0]["taskUUID"] == sync["taskUUID"]
-    results = delivered(loopback_http, 4)
-    assert sorted(results) == ["queued0", "queued1", "queued2", "running"]
+    results = delivered(loopback_http, 5)
+    assert sorted(results) == ["queued0", "queued1", "queued2", "reading", "running"]
     assert all(item["status"] == "success" and item["text"] for item in results.values())
     assert elapsed < 15 + 5 + 5, server.output
     assert "Traceback" not in server.output
@@ -210,12 +216,12 @@ def test_sigterm_finishes_accepted_tasks_then_exits_0(
 def test_sigterm_deadline_fails_unfinished_tasks_to_their_webhooks(
     serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, loopback_http: LoopbackHTTP, png: str
 ) -> None:
-    server = serve_process("--shutdown-timeout", "1")
-    tasks = [hooked(f"{slow_host.url}/held.png", loopback_http, "running")]
+    server = serve_process("--shutdown-timeout", "1", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192")
+    tasks = [long_caption(png, loopback_http, "running"), hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
     tasks += [hooked(png, loopback_http, f"queued{n}") for n in range(2)]
     assert httpx.post(f"{server.http}/v1", json=tasks).status_code == 200
     waiting, answers = post_in_thread(f"{server.http}/v1", [sync := caption_task(png)])
-    wait_until(lambda: httpx.get(f"{server.http}/health").json()["queueDepth"] == 3)
+    wait_until(lambda: _health(server) == (True, 4))
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)  # the held fetch never ends: the deadline must
     assert server.process.wait(30) == 0
@@ -224,20 +230,24 @@ def test_sigterm_deadline_fails_unfinished_tasks_to_their_webhooks(
     assert answers[0].status_code == 503 and answers[0].headers["retry-after"]
     assert answers[0].json()["errors"][0] | {"message": ""} == {
         "code": "serviceUnavailable", "message": "", "taskType": "caption", "taskUUID": sync["taskUUID"]}
-    results = delivered(loopback_http, 3)
-    assert sorted(results) == ["queued0", "queued1", "running"]
+    results = delivered(loopback_http, 4)
+    assert sorted(results) == ["queued0", "queued1", "reading", "running"]
     for item in results.values():
         assert item["status"] == "error" and item["code"] == "serviceUnavailable"
-    assert "still running" in results["running"]["message"] and "had not started" in results["queued0"]["message"]
+    assert "still running" in results["running"]["message"] and "had not started" in results["reading"]["message"]
     assert elapsed < 1 + 5 + 5, server.output
-    assert "4 accepted caption tasks did not finish by the deadline" in server.output
-    assert "a caption was still running at the shutdown deadline" in server.output
+    assert "5 accepted caption tasks did not finish by the deadline" in server.output
+
+
+def _health(server: ServeProcess) -> tuple[bool, int]:
+    health = httpx.get(f"{server.http}/health").json()
+    return health["running"], health["queueDepth"]
 
 
 def test_sigterm_gives_a_hanging_webhook_5_s_then_exits(
     serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, png: str
 ) -> None:
-    server = serve_process("--shutdown-timeout", "1")
+    server = serve_process("--shutdown-timeout", "1", "--allow-private-fetch")  # loopback stands in for public
     task = caption_task(png, webhookURL=f"{slow_host.url}/hook")  # sync: answered, then POSTed to a host that hangs
     assert httpx.post(f"{server.http}/v1", json=[task]).json()["data"][0]["text"]
     assert slow_host.wait_for(1)[0][:2] == ("POST", "/hook")
@@ -252,7 +262,7 @@ def test_sigterm_gives_a_hanging_webhook_5_s_then_exits(
 def test_second_sigterm_stops_waiting(
     serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, png: str
 ) -> None:
-    server = serve_process("--shutdown-timeout", "60")
+    server = serve_process("--shutdown-timeout", "60", "--allow-private-fetch")  # loopback stands in for public
     tasks = [
         caption_task(f"{slow_host.url}/held.png", deliveryMethod="async"),
         caption_task(png, deliveryMethod="async"),
@@ -440,7 +450,7 @@ def test_uploads_are_named_by_the_server(serve: Callable[..., LiveServer], capti
 def test_every_non_loopback_bind_needs_a_key(host: str) -> None:
     with pytest.raises(ServerConfigError, match="--api-key"):
         ServerSettings(host=host).check()
-    ServerSettings(host=host, api_key="k").check()
+    ServerSettings(host=host, api_key="k" * 16).check()
 
 
 def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -215,3 +215,27 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+class ModelHold:
+    """Holds a live server's model as a long caption would: the worker blocks at its next caption until
+    ``release()``. (The tiny model captions in milliseconds; this is the test's stand-in for a slow one.)"""
+
+    holding: ClassVar[list[ModelHold]] = []
+
+    def __init__(self, server: LiveServer) -> None:
+        self._lock = server.service.captioner.runtime._lock
+        self._lock.acquire()
+        self._held = True
+        ModelHold.holding.append(self)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+    @classmethod
+    def release_all(cls) -> None:
+        """Release every hold a test left (a failed assertion before its release), so teardown can proceed."""
+        while cls.holding:
+            cls.holding.pop().release()

@@ -124,12 +124,25 @@ def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImageError(f"The image is too large to decode safely: {err}") from err
     except UnidentifiedImageError as err:
         raise InvalidImageError(
-            f"The data is not an image Pillow can read (starts with {data[:16]!r}). Send PNG, JPEG or WEBP.",
+            f"The data is not an image Pillow can read ({_what_it_looks_like(data)}). Send PNG, JPEG or WEBP.",
             code="unsupportedImageFormat",
         ) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InvalidImageError(f"The image is corrupt or truncated: {err}.") from err
     return _to_rgb(image, owned=True)
+
+
+def _what_it_looks_like(data: bytes) -> str:
+    """A coarse description of data that is no image, without echoing its bytes (it may come from a
+    fetched URL, and quoting it would make the server an oracle for other hosts' content)."""
+    start = data[:64].lstrip()
+    if start[:1] == b"<":
+        return "it looks like HTML or XML"
+    if start[:1] in (b"{", b"["):
+        return "it looks like JSON"
+    if start and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in start):
+        return "it looks like text"
+    return "no known image format"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -57,6 +57,8 @@ from llava_edge.errors import (
 from llava_edge.schema import is_uuid4, task_identity
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.guard import RequestGuard
+from llava_edge.server.ollama_api import add_ollama_routes
+from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_results import Outcome
@@ -109,6 +111,8 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     _add_rest(app, service)
     _add_websocket(app, service)
     _add_resources(app, service)
+    add_openai_routes(app, service)
+    add_ollama_routes(app, service)
     return app
 
 

@@ -167,9 +167,19 @@ async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})  # answered 403 by uvicorn
         return
-    body = json.dumps({"errors": [{"code": refusal.code, "message": refusal.message}]}).encode()
+    body = json.dumps(_error_body(scope["path"], refusal)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if refusal.status == 503:
         headers.append((b"retry-after", b"2"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(path: str, refusal: Refusal) -> dict[str, Any]:
+    """The refusal in the error shape of the API the path belongs to: Ollama, OpenAI or Runware."""
+    if path.startswith("/api/"):
+        return {"error": refusal.message}
+    if path.startswith(("/v1/chat/", "/v1/models")):
+        return {"error": {"message": refusal.message, "type": "invalid_request_error", "param": None,
+                          "code": refusal.code}}
+    return {"errors": [{"code": refusal.code, "message": refusal.message}]}

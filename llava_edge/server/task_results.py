@@ -20,6 +20,8 @@ class Outcome:
 
     item: dict[str, Any]
     error: LlavaEdgeError | None = None
+    result: Any = None
+    """For a chat call (OpenAI, Ollama): the ``CaptionResult`` with its timings."""
 
     @classmethod
     def failure(cls, error: LlavaEdgeError) -> Outcome:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError, ServerBusyError
+from llava_edge.generation import GenerationOptions
 from llava_edge.images import decode_image_bytes, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, is_uuid4, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
@@ -53,10 +54,23 @@ CANCEL_GRACE = 5.0
 _log = logging.getLogger("llava_edge.server.task_service")
 
 
+@dataclass(frozen=True)
+class ChatCall:
+    """A caption asked through the OpenAI or Ollama API: the image, the rendered prompt and the options.
+    Its outcome carries the ``CaptionResult`` (timings and token counts), not a Runware item."""
+
+    image: str
+    prompt: str
+    options: GenerationOptions
+    detail: str = "auto"
+
+
 @dataclass(eq=False)
 class _Job:
     raw: dict[str, Any]
     request: CaptionRequest
+    chat: ChatCall | None = None
+    """Set for OpenAI/Ollama calls: answered with a CaptionResult, never registered or delivered."""
     future: Future[Outcome] = field(default_factory=Future)
     image: bytes | None = None
     """The image's bytes, once read; the job enters the model queue only then."""
@@ -269,11 +283,25 @@ class TaskService:
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
-    def _admit(self, raw: dict[str, Any], request: CaptionRequest) -> _Job:
+    async def chat(self, call: ChatCall, *, base_url: str) -> Outcome:
+        """Caption for the OpenAI or Ollama API through the same queue, image reading and model worker as
+        Runware tasks. The outcome's ``result`` is the ``CaptionResult``; errors come as a failed outcome."""
+        request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="", image=call.image)
+        try:
+            job = self._admit({}, request, chat=call)
+        except LlavaEdgeError as err:
+            return Outcome.failure(err)
+        reader = asyncio.create_task(self._read_then_queue(job, base_url))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        return await asyncio.shield(asyncio.wrap_future(job.future))
+
+    def _admit(self, raw: dict[str, Any], request: CaptionRequest, *, chat: ChatCall | None = None) -> _Job:
         """Register the task and take it in, unless the queue is full or the server is shutting down."""
         ttl = request.ttl if request.ttl is not None else self.settings.result_ttl
-        self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
-        job = _Job(raw, request)
+        if chat is None:
+            self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
+        job = _Job(raw, request, chat)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
             waiting = len(self._jobs) - (self._running is not None)
             if self._draining.is_set() or waiting >= self.settings.max_queue:
@@ -285,7 +313,8 @@ class TaskService:
             else:
                 self._jobs.add(job)
                 return job
-        self.registry.discard(request.task_uuid)
+        if chat is None:
+            self.registry.discard(request.task_uuid)
         raise refused
 
     async def _read_then_queue(self, job: _Job, base_url: str) -> None:
@@ -343,6 +372,8 @@ class TaskService:
                 self._queue.task_done()
 
     def _caption_now(self, job: _Job) -> Outcome:
+        if job.chat is not None:
+            return self._chat_now(job.chat, job.image)
         try:
             return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.image))
         except LlavaEdgeError as err:
@@ -351,6 +382,14 @@ class TaskService:
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
             return _failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
                             job.request)
+
+    def _chat_now(self, call: ChatCall, image: bytes | None) -> Outcome:
+        try:
+            result = self.captioner.describe(image if image is not None else call.image, call.prompt,
+                                             detail=call.detail, options=call.options)
+        except LlavaEdgeError as err:
+            return Outcome.failure(err)
+        return Outcome({"text": result.text}, result=result)
 
     def _complete(self, job: _Job, outcome: Outcome) -> bool:
         """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption
@@ -362,19 +401,23 @@ class TaskService:
                 return False
             job.completed.set()
             self._jobs.discard(job)
-        request = job.request
-        try:
-            self.registry.finish(request.task_uuid, outcome)
-            for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
-                if url is not None:
-                    self.deliverer.submit(url, method, outcome.with_status().item)
-        except Exception:  # the answer below must still be given
-            _log.exception("keeping or delivering the outcome of task %s failed", request.task_uuid)
+        if job.chat is None:  # chat calls are answered only; Runware tasks are kept and delivered too
+            self._keep_and_deliver(job.request, outcome)
         try:
             job.future.set_result(outcome)
         except InvalidStateError:
             pass  # the caller went away; the outcome is still kept for getResponse
         return True
+
+    def _keep_and_deliver(self, request: CaptionRequest, outcome: Outcome) -> None:
+        """Keep the outcome for getResponse and send it to the task's webhook and uploadEndpoint."""
+        try:
+            self.registry.finish(request.task_uuid, outcome)
+            for url, method in ((request.webhook_url, "POST"), (request.upload_endpoint, "PUT")):
+                if url is not None:
+                    self.deliverer.submit(url, method, outcome.with_status().item)
+        except Exception:  # the task is still answered
+            _log.exception("keeping or delivering the outcome of task %s failed", request.task_uuid)
 
 
 def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
@@ -390,6 +433,9 @@ def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
 
 
 T = TypeVar("T")
+
+
+
 
 
 async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:

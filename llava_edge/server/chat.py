@@ -1,0 +1,162 @@
+"""Conversations as the OpenAI and Ollama APIs send them, turned into one caption call: the image, the
+prompt text after it in the model's template, and the generation options.
+
+Chat clients resend the whole history each turn, images included. The image always opens the prompt
+(``[INST] <image>\\n...``), so every turn about the same image shares the evaluated image prefix, which the
+runtime keeps: a follow-up question does not encode the image again. Earlier turns follow as text in
+Mistral's instruction format; a system message opens the first user turn (Mistral has no system role).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llava_edge.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    LlavaEdgeError,
+    ServerBusyError,
+    TooManyAttemptsError,
+    UnknownModelError,
+)
+from llava_edge.models.catalog import load_registry
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+    from llava_edge.server.task_service import TaskService
+
+OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
+                      "llava:7b-v1.6-mistral")
+"""Names Ollama users type for this model; all mean the loaded variant."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message: ``role`` is "system", "user" or "assistant"; ``images`` are data URIs or URLs."""
+
+    role: str
+    text: str
+    images: tuple[str, ...] = ()
+
+
+def conversation_image(turns: list[Turn]) -> str:
+    """The one image of a conversation (it may be resent in several turns).
+
+    Raises:
+        InvalidRequestError: no image, or more than one different image.
+    """
+    images = list(dict.fromkeys(image for turn in turns for image in turn.images))
+    if not images:
+        raise InvalidRequestError(
+            "This model captions images: attach one (an image_url part, or images in an Ollama message).",
+            code="missingImage", parameter="messages",
+        )
+    if len(images) > 1:
+        raise InvalidRequestError(
+            f"The conversation holds {len(images)} different images; this server answers about one image per "
+            "conversation. Start a new conversation for the next image.",
+            code="tooManyImages", parameter="messages",
+        )
+    return images[0]
+
+
+def conversation_prompt(turns: list[Turn]) -> str:
+    """The text after the image: earlier turns in Mistral's format, ending with the last user message
+    (the template closes it with ``[/INST]``).
+
+    Raises:
+        InvalidRequestError: no user message last, or an unknown role.
+    """
+    system = "\n".join(turn.text for turn in turns if turn.role == "system" and turn.text)
+    dialogue = [turn for turn in turns if turn.role != "system"]
+    for turn in dialogue:
+        if turn.role not in ("user", "assistant"):
+            raise InvalidRequestError(f"Unknown message role {turn.role[:40]!r}; use system, user or assistant.",
+                                      code="invalidRole", parameter="messages")
+    if not dialogue or dialogue[-1].role != "user":
+        raise InvalidRequestError("The last message must be the user's question.", code="invalidMessages",
+                                  parameter="messages")
+    parts: list[str] = []
+    for turn in dialogue:
+        if turn.role == "user":
+            parts.append(f"{turn.text.strip()}" if not parts else f"[INST] {turn.text.strip()}")
+        else:
+            parts.append(f" [/INST] {turn.text.strip()}</s>")
+    prompt = "".join(parts)
+    return f"{system}\n\n{prompt}" if system else prompt
+
+
+def error_status(error: LlavaEdgeError) -> int:
+    """The HTTP status both chat APIs give an error."""
+    for cls, status in ((TooManyAttemptsError, 429), (AuthenticationError, 401), (UnknownModelError, 404),
+                        (ServerBusyError, 503), (InvalidRequestError, 400)):
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, else None."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (an empty body is ``{}``).
+
+    Raises:
+        InvalidRequestError: not JSON, nested too deep, or not an object.
+    """
+    try:
+        value = json.loads(body or b"{}")
+    except (ValueError, RecursionError) as err:
+        raise InvalidRequestError("The body is not valid JSON.", code="invalidJson", parameter="body") from err
+    if not isinstance(value, dict):
+        raise InvalidRequestError("The body must be a JSON object.", code="invalidJson", parameter="body")
+    return value
+
+
+def parse_stop(value: object, *, limit: int) -> tuple[str, ...]:
+    """Stop strings given as one string or a list of at most ``limit`` non-empty strings."""
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > limit or not all(isinstance(s, str) and s for s in stops):
+        raise InvalidRequestError(f"stop must be a string or up to {limit} strings.", code="invalidStop",
+                                  parameter="stop")
+    return tuple(stops)
+
+
+def model_names(service: TaskService) -> list[str]:
+    """The loaded variant's id first, then its aliases and the Ollama-style names."""
+    captioner = service.captioner
+    spec_aliases: list[str] = []
+    try:
+        spec_aliases = list(load_registry(captioner.registry).resolve(captioner.model_name).aliases)
+    except LlavaEdgeError:
+        pass
+    return list(dict.fromkeys([captioner.model_name, *spec_aliases, *OLLAMA_STYLE_NAMES]))
+
+
+def check_model(name: object, service: TaskService) -> str:
+    """The requested model name when it names the loaded model.
+
+    Raises:
+        UnknownModelError: another or an unknown model.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
+    wanted = name.strip().lower()
+    if wanted in {known.lower() for known in model_names(service)}:
+        return name
+    raise UnknownModelError(
+        f"Model {name[:80]!r} is not loaded here; this server serves {service.captioner.model_name} "
+        f"(also called {', '.join(model_names(service)[1:4])}). Restart it with --model to serve another.",
+        code="modelNotFound",
+    )
+
+
+def authenticate_request(request: Request, service: TaskService) -> None:
+    """Check the request's ``Authorization: Bearer`` key (the server's key, when it has one)."""
+    service.auth.verify(request.client.host if request.client else "",
+                        bearer_key(request.headers.get("authorization", "")))

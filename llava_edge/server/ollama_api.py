@@ -1,0 +1,267 @@
+"""Ollama's native API on the same server: ``/api/generate``, ``/api/chat``, ``/api/tags``, ``/api/show``,
+``/api/version``, ``/api/ps``, and ``GET /`` answering ``Ollama is running``.
+
+``stream`` defaults to true as in Ollama: newline-delimited JSON, then a final object with ``done: true``,
+``done_reason`` and durations in nanoseconds. Errors are ``{"error": "..."}`` with Ollama's statuses (an
+unknown model is 404). Ollama's own ``curl -d`` examples send JSON with a form content type, so these
+routes read the body as JSON whatever its declared type; the Origin and Host checks keep web pages out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from llava_edge._version import __version__
+from llava_edge.errors import InvalidRequestError, LlavaEdgeError
+from llava_edge.generation import GenerationOptions
+from llava_edge.schema import MAX_TOKENS_LIMIT
+from llava_edge.server.chat import (
+    Turn,
+    authenticate_request,
+    check_model,
+    conversation_image,
+    conversation_prompt,
+    error_status,
+    model_names,
+    parse_json_object,
+    parse_stop,
+)
+from llava_edge.server.task_service import ChatCall, TaskService
+
+OLLAMA_COMPATIBLE_VERSION = "0.12.0"
+"""Reported by ``/api/version``: the Ollama API level these routes follow (clients gate features on it)."""
+_OPTION_FIELDS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+                  "seed": "seed", "stop": "stop", "num_ctx": None}
+
+
+def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
+    """Register the Ollama routes on ``app``."""
+
+    async def generate(request: Request) -> Response:
+        return await _answer(request, service, chat=False)
+
+    async def chat(request: Request) -> Response:
+        return await _answer(request, service, chat=True)
+
+    async def tags(request: Request) -> Response:
+        return _guarded(request, service, lambda: {"models": [_model_entry(service, name)
+                                                                for name in _listed_names(service)]})
+
+    async def show(request: Request) -> Response:
+        try:
+            authenticate_request(request, service)
+            body = parse_json_object(await request.body())
+            name = check_model(body.get("model", body.get("name")), service)
+        except LlavaEdgeError as err:
+            return ollama_error(err)
+        entry = _model_entry(service, name)
+        return JSONResponse({"modelfile": "", "parameters": "", "template": service.captioner.files.template,
+                             "details": entry["details"], "model_info": {"general.architecture": "llama"},
+                             "capabilities": ["completion", "vision"], "modified_at": entry["modified_at"]})
+
+    async def version() -> Response:
+        return JSONResponse({"version": OLLAMA_COMPATIBLE_VERSION, "llava_edge": __version__})
+
+    async def running(request: Request) -> Response:
+        return _guarded(request, service, lambda: {"models": [
+            {**_model_entry(service, service.captioner.model_name), "expires_at": "0001-01-01T00:00:00Z",
+             "size_vram": 0}]})
+
+    async def root() -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    app.add_api_route("/api/generate", generate, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/api/chat", chat, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/api/tags", tags, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/api/show", show, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/api/version", version, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/api/ps", running, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)
+
+
+def ollama_error(error: LlavaEdgeError) -> JSONResponse:
+    """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
+    status = error_status(error)
+    return JSONResponse({"error": error.message}, status_code=status,
+                        headers={"Retry-After": "2"} if status in (429, 503) else None)
+
+
+async def _answer(request: Request, service: TaskService, *, chat: bool) -> Response:
+    started = time.perf_counter()
+    try:
+        authenticate_request(request, service)
+        body = parse_json_object(await request.body())
+        model = check_model(body.get("model"), service)
+        _refuse_unsupported(body)
+        turns = _chat_turns(body) if chat else _generate_turns(body)
+        options = _options(body.get("options"), service)
+        stream = body.get("stream", True)
+        if not isinstance(stream, bool):
+            raise InvalidRequestError("stream must be true or false.", parameter="stream")
+        call = ChatCall(conversation_image(turns), conversation_prompt(turns), options)
+    except LlavaEdgeError as err:
+        return ollama_error(err)
+    outcome = await service.chat(call, base_url=str(request.base_url))
+    if outcome.error is not None:
+        return ollama_error(outcome.error)
+    final = _final(model, outcome.result, chat, time.perf_counter() - started)
+    if not stream:
+        return JSONResponse(final)
+    return StreamingResponse(_ndjson(final, chat), media_type="application/x-ndjson")
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    if body.get("format") not in (None, ""):
+        raise InvalidRequestError("format (structured output) is not supported by this server yet.",
+                                  parameter="format")
+    for name in ("context", "tools", "suffix"):
+        if body.get(name):
+            raise InvalidRequestError(f"{name} is not supported by this server.", parameter=name)
+    if body.get("raw"):
+        raise InvalidRequestError("raw prompts are not supported: the model's template is always applied.",
+                                  parameter="raw")
+
+
+def _generate_turns(body: dict[str, Any]) -> list[Turn]:
+    prompt, system, images = body.get("prompt", ""), body.get("system"), body.get("images") or []
+    if not isinstance(prompt, str) or (system is not None and not isinstance(system, str)):
+        raise InvalidRequestError("prompt and system must be strings.", parameter="prompt")
+    turns = [Turn("system", system)] if system else []
+    return [*turns, Turn("user", prompt, _images(images))]
+
+
+def _chat_turns(body: dict[str, Any]) -> list[Turn]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty array.", parameter="messages")
+    turns = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+            raise InvalidRequestError("Each message must be {\"role\", \"content\", \"images\"}.",
+                                      parameter="messages")
+        turns.append(Turn(str(message.get("role")), message.get("content", ""),
+                          _images(message.get("images") or [])))
+    return turns
+
+
+def _images(images: object) -> tuple[str, ...]:
+    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
+        raise InvalidRequestError("images must be a list of base64-encoded images.", parameter="images")
+    return tuple(image.strip() for image in images)
+
+
+def _options(options: object, service: TaskService) -> GenerationOptions:
+    options = options or {}
+    if not isinstance(options, dict):
+        raise InvalidRequestError("options must be an object.", parameter="options")
+    changes: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in _OPTION_FIELDS:
+            raise InvalidRequestError(f"Option {name[:40]!r} is not supported; use "
+                                      f"{', '.join(_OPTION_FIELDS)}.", parameter=name)
+        if value is None:
+            continue
+        if name == "num_ctx":
+            _check_num_ctx(value, service)
+        elif name == "stop":
+            changes["stop"] = parse_stop(value, limit=16)
+        else:
+            changes[_OPTION_FIELDS[name] or name] = _option_number(name, value)
+    return replace(service.captioner.generation, **changes)
+
+
+def _option_number(name: str, value: object) -> Any:
+    ranges = {"num_predict": (1, MAX_TOKENS_LIMIT), "temperature": (0, 2), "top_p": (0, 1), "top_k": (1, 1000),
+              "seed": (0, 2**32 - 1)}
+    low, high = ranges[name]
+    integer = name in ("num_predict", "top_k", "seed")
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        raise InvalidRequestError(f"options.{name} must be from {low} to {high}.", parameter=name)
+    return value
+
+
+def _check_num_ctx(value: object, service: TaskService) -> None:
+    loaded = service.captioner.runtime.n_ctx
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError("options.num_ctx must be a positive integer.", parameter="num_ctx")
+    if value > loaded:
+        raise InvalidRequestError(f"options.num_ctx {value} is more than the loaded context of {loaded} tokens; "
+                                  "restart the server with a larger --n-ctx, or ask for less.",
+                                  parameter="num_ctx")
+
+
+def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, Any]:
+    timings = result.timings
+    prefill_s = timings.image_encode_s + timings.image_prefill_s + timings.text_prefill_s
+    answer: dict[str, Any] = {"model": model, "created_at": _now()}
+    if chat:
+        answer["message"] = {"role": "assistant", "content": result.text}
+    else:
+        answer["response"] = result.text
+    return {**answer, "done": True, "done_reason": result.finish_reason,
+            "total_duration": _ns(elapsed_s), "load_duration": 0,
+            "prompt_eval_count": timings.prompt_tokens, "prompt_eval_duration": _ns(prefill_s),
+            "eval_count": timings.generated_tokens, "eval_duration": _ns(timings.decode_s)}
+
+
+async def _ndjson(final: dict[str, Any], chat: bool) -> AsyncIterator[str]:
+    """The answer as Ollama streams it: a piece, then the final object with the text moved out of it."""
+    text = final["message"]["content"] if chat else final["response"]
+    piece: dict[str, Any] = {"model": final["model"], "created_at": final["created_at"], "done": False}
+    if chat:
+        yield json.dumps({**piece, "message": {"role": "assistant", "content": text}}) + "\n"
+        yield json.dumps({**final, "message": {"role": "assistant", "content": ""}}) + "\n"
+    else:
+        yield json.dumps({**piece, "response": text}) + "\n"
+        yield json.dumps({**final, "response": ""}) + "\n"
+
+
+def _model_entry(service: TaskService, name: str) -> dict[str, Any]:
+    files = service.captioner.files
+    size = sum(path.stat().st_size for path in (files.model_path, files.mmproj_path))
+    modified = datetime.fromtimestamp(files.model_path.stat().st_mtime, UTC).isoformat()
+    quant = _quantization(service)
+    details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama", "clip"],
+               "parameter_size": "7B", "quantization_level": quant}
+    return {"name": name, "model": name, "modified_at": modified, "size": size,
+            "digest": hashlib.sha256(f"{files.model_path}:{size}".encode()).hexdigest(), "details": details}
+
+
+def _quantization(service: TaskService) -> str:
+    try:
+        from llava_edge.models.catalog import load_registry
+
+        return load_registry(service.captioner.registry).resolve(service.captioner.model_name).quant
+    except LlavaEdgeError:
+        return "unknown"
+
+
+def _listed_names(service: TaskService) -> list[str]:
+    names = model_names(service)
+    return [names[0], *[name for name in names[1:] if ":" in name]]
+
+
+def _guarded(request: Request, service: TaskService, answer: Any) -> Response:
+    try:
+        authenticate_request(request, service)
+    except LlavaEdgeError as err:
+        return ollama_error(err)
+    return JSONResponse(answer())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)

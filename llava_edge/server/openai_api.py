@@ -1,0 +1,209 @@
+"""OpenAI Chat Completions on the same server: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Requests become one caption call (``chat.py``) through the same queue and model worker as Runware tasks;
+answers and errors take OpenAI's shapes, so the official ``openai`` client works by changing ``base_url``.
+Fields that change what a real server would answer (``n`` > 1, tools, ``response_format`` other than
+text, penalties, logprobs) are refused with a 400 rather than ignored; harmless ones (``user``,
+``metadata``, ``store``) are ignored as real servers do.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llava_edge.errors import InvalidRequestError, LlavaEdgeError
+from llava_edge.generation import GenerationOptions
+from llava_edge.schema import DETAIL_LEVELS, MAX_TOKENS_LIMIT
+from llava_edge.server.chat import (
+    Turn,
+    authenticate_request,
+    check_model,
+    conversation_image,
+    conversation_prompt,
+    error_status,
+    model_names,
+    parse_json_object,
+    parse_stop,
+)
+from llava_edge.server.task_service import ChatCall, TaskService
+
+_REFUSED_UNLESS_DEFAULT: dict[str, Any] = {
+    "n": 1, "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logprobs": False,
+    "top_logprobs": None, "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None, "audio": None,
+    "prediction": None,
+}
+_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                 429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
+
+
+def add_openai_routes(app: FastAPI, service: TaskService) -> None:
+    """Register the OpenAI routes on ``app``."""
+
+    async def chat_completions(request: Request) -> Response:
+        try:
+            authenticate_request(request, service)
+            body = parse_json_object(await request.body())
+            call, model, stream = _chat_call(body, service)
+        except LlavaEdgeError as err:
+            return openai_error(err)
+        outcome = await service.chat(call, base_url=str(request.base_url))
+        if outcome.error is not None:
+            return openai_error(outcome.error)
+        answer = _completion(model, outcome.result)
+        if stream:
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_sse(answer, usage), media_type="text/event-stream")
+        return JSONResponse(answer)
+
+    async def list_models(request: Request) -> Response:
+        try:
+            authenticate_request(request, service)
+        except LlavaEdgeError as err:
+            return openai_error(err)
+        names = model_names(service)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llava-edge"} for name in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/models", list_models, methods=["GET"], include_in_schema=False)
+
+
+def openai_error(error: LlavaEdgeError) -> JSONResponse:
+    """An error in OpenAI's shape and status."""
+    status = error_status(error)
+    body = {"error": {"message": error.message, "type": _STATUS_TYPES.get(status, "invalid_request_error"),
+                      "param": error.parameter, "code": error.code}}
+    headers = {"Retry-After": "2"} if status in (429, 503) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:
+    model = check_model(body.get("model"), service)
+    _refuse_unsupported(body)
+    turns, detail = _turns(body.get("messages"))
+    options = _options(body, service.captioner.generation)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
+    call = ChatCall(conversation_image(turns), conversation_prompt(turns), options, detail)
+    return call, model, stream
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name, default in _REFUSED_UNLESS_DEFAULT.items():
+        if name in body and body[name] not in (default, None):
+            raise InvalidRequestError(f"{name}={json.dumps(body[name])[:60]} is not supported by this server.",
+                                      code="unsupported_parameter", parameter=name)
+    response_format = body.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise InvalidRequestError("response_format: only {\"type\": \"text\"} is supported so far.",
+                                  code="unsupported_parameter", parameter="response_format")
+
+
+def _turns(messages: object) -> tuple[list[Turn], str]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty array.", code="invalid_messages",
+                                  parameter="messages")
+    turns, details = [], []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise InvalidRequestError("Each message must be an object.", code="invalid_messages",
+                                      parameter="messages")
+        role = {"developer": "system"}.get(str(message.get("role")), str(message.get("role")))
+        text, images, detail = _content(message.get("content"))
+        turns.append(Turn(role, text, images))
+        details += detail
+    return turns, details[-1] if details else "auto"
+
+
+def _content(content: object) -> tuple[str, tuple[str, ...], list[str]]:
+    """(text, image URLs, details) of one message's content (a string or a list of parts)."""
+    if content is None or isinstance(content, str):
+        return content or "", (), []
+    if not isinstance(content, list):
+        raise InvalidRequestError("content must be a string or a list of parts.", code="invalid_content",
+                                  parameter="messages")
+    texts, images, details = [], [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url, detail = _image_url(part.get("image_url"))
+            images.append(url)
+            details.append(detail)
+        else:
+            raise InvalidRequestError(f"Unsupported content part {json.dumps(part)[:80]}; send text and "
+                                      "image_url parts.", code="invalid_content", parameter="messages")
+    return "\n".join(texts), tuple(images), details
+
+
+def _image_url(value: object) -> tuple[str, str]:
+    if isinstance(value, str):  # some clients send the URL itself
+        return value, "auto"
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+        raise InvalidRequestError("image_url must be {\"url\": ...}.", code="invalid_image_url",
+                                  parameter="messages")
+    detail = value.get("detail", "auto")
+    if detail not in DETAIL_LEVELS:
+        raise InvalidRequestError("image_url.detail must be low, high or auto.", code="invalid_detail",
+                                  parameter="messages")
+    return value["url"], detail
+
+
+def _options(body: dict[str, Any], defaults: GenerationOptions) -> GenerationOptions:
+    changes: dict[str, Any] = {}
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        changes["max_tokens"] = _number(limit, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
+    for name, field, low, high in (("temperature", "temperature", 0, 2), ("top_p", "top_p", 0, 1),
+                                   ("seed", "seed", 0, 2**32 - 1)):
+        if body.get(name) is not None:
+            changes[field] = _number(body[name], name, low, high, integer=name == "seed")
+    if body.get("stop") is not None:
+        changes["stop"] = parse_stop(body["stop"], limit=4)
+    return replace(defaults, **changes)
+
+
+def _number(value: object, name: str, low: float, high: float, *, integer: bool) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise InvalidRequestError(f"{name} must be {kind} from {low} to {high}.", code="invalid_value",
+                                  parameter=name)
+    return value
+
+
+def _completion(model: str, result: Any) -> dict[str, Any]:
+    timings = result.timings
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": model, "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": result.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": timings.prompt_tokens, "completion_tokens": timings.generated_tokens,
+                  "total_tokens": timings.prompt_tokens + timings.generated_tokens},
+    }
+
+
+async def _sse(answer: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+    """The answer as ``chat.completion.chunk`` server-sent events, ending with ``data: [DONE]``."""
+    base = {key: answer[key] for key in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    choice = answer["choices"][0]
+    deltas = [({"role": "assistant", "content": ""}, None), ({"content": choice["message"]["content"]}, None),
+              ({}, choice["finish_reason"])]
+    for delta, finish in deltas:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': answer['usage']})}\n\n"
+    yield "data: [DONE]\n\n"

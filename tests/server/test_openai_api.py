@@ -13,6 +13,10 @@ import pytest
 from support.images import data_uri
 from support.servers import LiveServer
 
+from llava_edge import Captioner, GenerationOptions, RuntimeOptions
+from llava_edge.models.catalog import ModelFiles
+from llava_edge.server.settings import ServerSettings
+
 KEY = "sixteen-char-key-0"
 
 
@@ -134,3 +138,37 @@ def test_a_page_on_another_origin_cannot_call_it(serve: Callable[..., LiveServer
     answer = httpx.post(f"{server.http}/v1/chat/completions", json={"model": "llava", "messages": ask(png)},
                         headers={"Origin": "http://evil.example"})
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "invalidOrigin"
+
+
+def test_interleaved_conversations_keep_their_image_prefixes(
+    tiny_files: ModelFiles, make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients take turns; with the server's prefix cache (serve --prefix-cache-mb) each follow-up is
+    answered without encoding its image again."""
+    from llava_edge.runtime import engine
+
+    encodes: list[int] = []
+    real_eval_image = engine.eval_image
+
+    def counted(*args: object, **kwargs: object) -> int:
+        encodes.append(1)
+        return real_eval_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "eval_image", counted)
+    runtime = RuntimeOptions(prefix_cache_bytes=64 * 2**20)
+    with Captioner(model_path=tiny_files.model_path, mmproj_path=tiny_files.mmproj_path, runtime=runtime,
+                   generation=GenerationOptions(max_tokens=4, seed=1)) as captioner:
+        server = LiveServer(captioner, ServerSettings())
+        try:
+            client = openai.OpenAI(base_url=f"{server.http}/v1", api_key="x")
+            images = [data_uri(make_image(60 + n, 45)) for n in range(2)]
+            firsts = [client.chat.completions.create(model="llava", messages=ask(image), max_tokens=4)  # type: ignore[arg-type]
+                      for image in images]
+            assert len(encodes) == 2
+            for image, first in zip(images, firsts, strict=True):
+                history = [*ask(image), {"role": "assistant", "content": first.choices[0].message.content},
+                           {"role": "user", "content": "And the colours?"}]
+                client.chat.completions.create(model="llava", messages=history, max_tokens=4)  # type: ignore[arg-type]
+            assert len(encodes) == 2  # both follow-ups came from the cache
+        finally:
+            server.stop()

@@ -15,9 +15,11 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.images import ImageFactory, encode_image
+from support.net_fakes import RawHTTP, Tripwire
 from support.servers import LiveServer, LoopbackHTTP, ModelHold, ServeProcess
 
 from llava_edge import Captioner, GenerationOptions
@@ -104,3 +106,28 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in started:
         process.close()
+
+
+# -- network fakes (tests/test_outbound.py, tests/server/test_server_ssrf.py) --------------------------
+
+
+@pytest.fixture
+def tripwire() -> Iterator[Tripwire]:
+    """Listeners on 127.0.0.1 and ::1 that record whether anything connected to them."""
+    wire = Tripwire()
+    yield wire
+    wire.close()
+
+
+@pytest.fixture
+def raw_http() -> Iterator[Callable[..., RawHTTP]]:
+    """Byte-exact scripted HTTP servers on 127.0.0.1: ``raw_http(answer, **options)``; closed after the test."""
+    started: list[RawHTTP] = []
+
+    def start(answer: Any, **options: Any) -> RawHTTP:
+        started.append(RawHTTP(answer, **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()

@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,26 +38,6 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
     fake = FakeDNS()
     monkeypatch.setattr(socket, "getaddrinfo", fake.getaddrinfo)
     return fake
-
-
-@pytest.fixture
-def tripwire() -> Iterator[Tripwire]:
-    wire = Tripwire()
-    yield wire
-    wire.close()
-
-
-@pytest.fixture
-def raw_http() -> Iterator[Callable[..., RawHTTP]]:
-    started: list[RawHTTP] = []
-
-    def start(answer: Any, **options: Any) -> RawHTTP:
-        started.append(RawHTTP(answer, **options))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
 
 
 # -- the classifier ---------------------------------------------------------------------------------

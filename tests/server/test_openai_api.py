@@ -107,21 +107,26 @@ def test_sse_framing_ends_with_done(serve: Callable[..., LiveServer], png: str) 
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_a_follow_up_turn_reuses_the_image(serve: Callable[..., LiveServer], make_image: Callable[..., bytes],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chat UIs resend the history: the second turn about the same image does not encode it again."""
+@pytest.fixture
+def encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per image encoded by the runtime (the real encoder runs; this only counts the calls)."""
     from llava_edge.runtime import engine
 
-    png = data_uri(make_image(52, 39))  # an image no other test used: the first turn must encode it
-
-    encodes: list[int] = []
+    calls: list[int] = []
     real_eval_image = engine.eval_image
 
     def counted(*args: object, **kwargs: object) -> int:
-        encodes.append(1)
+        calls.append(1)
         return real_eval_image(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine, "eval_image", counted)
+    return calls
+
+
+def test_a_follow_up_turn_reuses_the_image(serve: Callable[..., LiveServer], make_image: Callable[..., bytes],
+                                          encodes: list[int]) -> None:
+    """Chat UIs resend the history: the second turn about the same image does not encode it again."""
+    png = data_uri(make_image(52, 39))  # an image no other test used: the first turn must encode it
     server = serve()
     client = openai.OpenAI(base_url=f"{server.http}/v1", api_key="x")
     first = client.chat.completions.create(model="llava", messages=ask(png, detail="high"), max_tokens=4)  # type: ignore[arg-type]
@@ -141,20 +146,10 @@ def test_a_page_on_another_origin_cannot_call_it(serve: Callable[..., LiveServer
 
 
 def test_interleaved_conversations_keep_their_image_prefixes(
-    tiny_files: ModelFiles, make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+    tiny_files: ModelFiles, make_image: Callable[..., bytes], encodes: list[int]
 ) -> None:
     """Two clients take turns; with the server's prefix cache (serve --prefix-cache-mb) each follow-up is
     answered without encoding its image again."""
-    from llava_edge.runtime import engine
-
-    encodes: list[int] = []
-    real_eval_image = engine.eval_image
-
-    def counted(*args: object, **kwargs: object) -> int:
-        encodes.append(1)
-        return real_eval_image(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine, "eval_image", counted)
     runtime = RuntimeOptions(prefix_cache_bytes=64 * 2**20)
     with Captioner(model_path=tiny_files.model_path, mmproj_path=tiny_files.mmproj_path, runtime=runtime,
                    generation=GenerationOptions(max_tokens=4, seed=1)) as captioner:

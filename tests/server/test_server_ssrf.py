@@ -80,26 +80,6 @@ def default_server(captioner: Captioner) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def tripwire() -> Iterator[Tripwire]:
-    wire = Tripwire()
-    yield wire
-    wire.close()
-
-
-@pytest.fixture
-def raw_http() -> Iterator[Callable[..., RawHTTP]]:
-    started: list[RawHTTP] = []
-
-    def start(answer: Any) -> RawHTTP:
-        started.append(RawHTTP(answer))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
-
-
-@pytest.fixture
 def png(make_image: Callable[..., bytes]) -> str:
     return data_uri(make_image(32, 24))
 

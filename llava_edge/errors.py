@@ -25,8 +25,13 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── ChecksumMismatchError             a downloaded file's size or sha256 is wrong
     │   └── InsufficientDiskError             not enough free disk for a download
     ├── InsufficientMemoryError               no variant fits in the available memory
-    ├── OutputFileError (ValueError)          a batch output file is corrupt, foreign or locked
-    ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray) is not installed
+    ├── OutputFileError (ValueError)          a batch output or dataset file is corrupt, foreign or locked
+    ├── PhotoMetadataError (OSError)          a caption could not be written into an image or its XMP sidecar;
+    │   │                                     the file is left byte-identical
+    │   ├── ReadOnlyImageError (PermissionError)   the image (or its folder) is read-only
+    │   ├── UnsupportedMetadataFormatError (ValueError)  the format has no metadata slot written in place
+    │   └── CorruptMetadataError (ValueError)      the image's metadata or its sidecar cannot be parsed
+    ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray, photos) is not installed
     ├── BenchmarkError                        a benchmark's worker process or the llama-mtmd-cli anchor failed
     ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
     └── RuntimeBackendError                   llama.cpp failed to load or run
@@ -219,6 +224,34 @@ class OutputFileError(LlavaEdgeError, ValueError):
 
     code = "invalidOutputFile"
     parameter = "out"
+
+
+class PhotoMetadataError(LlavaEdgeError, OSError):
+    """Raised when a caption cannot be written into an image's metadata or its XMP sidecar (the disk is full,
+    the file changed while it was written, exiv2 failed). The file is left byte-identical."""
+
+    code = "metadataWriteFailed"
+    parameter = "writeMetadata"
+
+
+class ReadOnlyImageError(PhotoMetadataError, PermissionError):
+    """Raised when an image whose metadata should be written is read-only, or its folder is."""
+
+    code = "readOnlyImage"
+
+
+class UnsupportedMetadataFormatError(PhotoMetadataError, ValueError):
+    """Raised when metadata should be written into an image whose format has no slot for it in place (GIF,
+    BMP, ...); the message names the formats that have one and the sidecar option."""
+
+    code = "unsupportedMetadataFormat"
+
+
+class CorruptMetadataError(PhotoMetadataError, ValueError):
+    """Raised when an image's existing metadata (EXIF, IPTC or XMP), or an existing XMP sidecar, cannot be
+    parsed: writing would drop what cannot be read, so nothing is written."""
+
+    code = "invalidImageMetadata"
 
 
 class MissingExtraError(LlavaEdgeError, ImportError):

@@ -25,13 +25,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from llava_edge.errors import InvalidImageError
+from llava_edge.image_formats import register_decoders
 from llava_edge.outbound import TransferError, TransferLimits, fetch_bytes
 from llava_edge.schema import is_uuid4
 
 if TYPE_CHECKING:
     from llava_edge.image_store import ImageStore
 
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"}) | register_decoders()
+"""What Pillow decodes here, plus HEIC/HEIF (pillow-heif, the ``photos`` extra) and AVIF when available."""
 _DATA_URI = re.compile(
     r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.IGNORECASE
 )

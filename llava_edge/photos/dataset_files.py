@@ -1,0 +1,243 @@
+"""Dataset layouts that trainers read captions from.
+
+- Text sidecars: ``<stem>.txt`` (TagGUI, JoyCaption, kohya's taggers) or ``<stem>.caption`` (kohya's
+  ``make_captions.py``) beside the image, UTF-8 with no trailing newline, replaced atomically.
+- Hugging Face ``imagefolder``: ``metadata.jsonl`` in the dataset folder, one ``{"file_name": "a.jpg",
+  "text": "..."}`` line per image, ``file_name`` relative to that folder with ``/`` separators. A new image's
+  line is appended with one fsynced write; replacing or appending to an existing line rewrites the file
+  atomically. A line cut short by a kill (the last one, without its newline) is dropped before the next write;
+  a bad line anywhere else makes the file corrupt, and it is left as it is.
+- kohya metadata JSON: ``{"<key>": {"caption": "..."}}`` (``merge_captions_to_metadata.py``; the key is the
+  image's stem, or its path with ``--full_path``), other keys of an entry (``tags``, ...) kept, rewritten
+  atomically with ``indent=2``.
+
+Read-modify-write cycles hold a lock on the file's folder (``files.folder_lock``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from pathlib import Path
+from typing import Any
+
+from llava_edge.errors import OutputFileError
+from llava_edge.photos import files
+from llava_edge.photos.caption_text import Action, IfExists, compose
+from llava_edge.photos.targets import KohyaKey, TextOptions
+
+
+def text_sidecar_path(image: Path, extension: str) -> Path:
+    """``photos/cat.jpg`` + ``.caption`` -> ``photos/cat.caption``."""
+    return image.with_suffix(extension) if image.suffix else image.with_name(image.name + extension)
+
+
+def read_text_sidecar(path: Path) -> str | None:
+    """The caption in a text sidecar, or ``None`` when there is none.
+
+    Raises:
+        OutputFileError: the file is not UTF-8 text.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise OutputFileError(f"{path} is not UTF-8 text, so a caption cannot be merged into it; move it aside and "
+                              "run again.", parameter="sidecarExt") from err
+
+
+def write_text_sidecar(
+    image: Path, caption: str, *, extension: str, text: TextOptions, if_exists: IfExists
+) -> tuple[Path, Action]:
+    """Write the caption to ``image``'s text sidecar with this extension.
+
+    Raises:
+        OutputFileError: the sidecar would be the image itself, or is not UTF-8 text.
+    """
+    path = text_sidecar_path(image, extension)
+    if _same_file(path, image):
+        raise OutputFileError(f"The caption file of {image} would be the image itself ({path}). Rename the image to "
+                              "its real suffix (.png, .jpg, ...).", parameter="sidecarExt")
+    new, action = compose(read_text_sidecar(path), caption, if_exists, prefix=text.prefix, suffix=text.suffix)
+    if new is not None:
+        try:
+            found: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            found = None
+        files.replace_file(path, new.encode("utf-8"), original=found)
+    return path, action
+
+
+def jsonl_file_name(image: Path, jsonl: Path) -> str:
+    """``image``'s ``file_name`` in ``jsonl``: relative to its folder, with ``/`` separators.
+
+    Raises:
+        OutputFileError: the image is not in that folder or below it.
+    """
+    relative = os.path.relpath(os.path.abspath(image), os.path.abspath(jsonl.parent))
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep) or os.path.isabs(relative):
+        raise OutputFileError(f"{image} is outside {jsonl.parent}, the folder of {jsonl}; an imagefolder dataset lists "
+                              "only files in its folder. Put metadata.jsonl at the dataset's root.",
+                              parameter="metadataJsonl")
+    return relative.replace(os.sep, "/")
+
+
+def read_jsonl_caption(image: Path, jsonl: Path, column: str) -> str | None:
+    """The caption ``jsonl`` holds for ``image``, or ``None``."""
+    if not jsonl.exists():
+        return None
+    name = jsonl_file_name(image, jsonl)
+    lines, _ = _read_jsonl(jsonl)
+    for _, record in lines:
+        if _same_name(record.get("file_name"), name):
+            value = record.get(column)
+            return value if isinstance(value, str) else None
+    return None
+
+
+def write_jsonl(
+    image: Path, caption: str, *, jsonl: Path, column: str, text: TextOptions, if_exists: IfExists
+) -> Action:
+    """Add or update ``image``'s line in ``jsonl``.
+
+    Raises:
+        OutputFileError: the image is outside the file's folder, or a line other than the last is not JSON.
+    """
+    name = jsonl_file_name(image, jsonl)
+    with files.folder_lock(jsonl.parent):
+        lines, good_end = _read_jsonl(jsonl)
+        index = next((i for i, (_, record) in enumerate(lines) if _same_name(record.get("file_name"), name)), None)
+        existing = lines[index][1].get(column) if index is not None else None
+        new, action = compose(existing if isinstance(existing, str) else None, caption, if_exists,
+                              prefix=text.prefix, suffix=text.suffix)
+        if new is None:
+            return action
+        if index is None:
+            line = _json_line({"file_name": name, column: new})
+            if jsonl.exists() and jsonl.stat().st_size > good_end:
+                files.truncate(jsonl, good_end)
+            if good_end and not _ends_with_newline(jsonl):
+                line = b"\n" + line  # another program left the last line open
+            files.append_bytes(jsonl, line)
+            return action
+        record = dict(lines[index][1])
+        record[column] = new
+        lines[index] = (_json_line(record), record)
+        files.replace_file(jsonl, b"".join(line for line, _ in lines), original=os.stat(jsonl))
+    return action
+
+
+def kohya_key(image: Path, style: KohyaKey) -> str:
+    return image.stem if style == "stem" else os.fspath(image)
+
+
+def read_kohya_caption(image: Path, path: Path, style: KohyaKey) -> str | None:
+    entry = _read_kohya(path).get(kohya_key(image, style))
+    value = entry.get("caption") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def write_kohya(
+    image: Path, caption: str, *, path: Path, style: KohyaKey, text: TextOptions, if_exists: IfExists
+) -> Action:
+    """Set ``image``'s caption in the kohya metadata JSON at ``path``.
+
+    Raises:
+        OutputFileError: the file is not a JSON object of objects.
+    """
+    key = kohya_key(image, style)
+    with files.folder_lock(path.parent):
+        metadata = _read_kohya(path)
+        entry = metadata.get(key, {})
+        if not isinstance(entry, dict):
+            raise OutputFileError(f"{path} holds {type(entry).__name__} for {key!r}, not an object; fix or move the "
+                                  "file.", parameter="kohyaJson")
+        existing = entry.get("caption")
+        new, action = compose(existing if isinstance(existing, str) else None, caption, if_exists,
+                              prefix=text.prefix, suffix=text.suffix)
+        if new is None:
+            return action
+        metadata[key] = {**entry, "caption": new}
+        found = os.stat(path) if path.exists() else None
+        files.replace_file(path, (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode(), original=found)
+    return action
+
+
+def _read_jsonl(path: Path) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
+    """The records of a ``metadata.jsonl`` as (line, record), and where the last complete one ends; a last line
+    without its newline that does not parse (a killed append) is left out."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    lines: list[tuple[bytes, dict[str, Any]]] = []
+    start = good_end = 0
+    while start < len(data):
+        newline = data.find(b"\n", start)
+        end = len(data) if newline < 0 else newline + 1
+        line = data[start:end]
+        start = end
+        if not line.strip():
+            good_end = end
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError as err:
+            if newline < 0:
+                break  # the remains of a killed append
+            raise OutputFileError(f"{path} has a line that is not a JSON object ending at byte {end} ({err}); fix or "
+                                  "move the file.", parameter="metadataJsonl") from err
+        lines.append((line if line.endswith(b"\n") else line + b"\n", record))
+        good_end = end
+    return lines, good_end
+
+
+def _read_kohya(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError as err:
+        raise OutputFileError(f"{path} is not UTF-8 JSON; fix or move it.", parameter="kohyaJson") from err
+    if not text.strip():
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError as err:
+        raise OutputFileError(f"{path} is not valid JSON ({err}); fix or move it.", parameter="kohyaJson") from err
+    if not isinstance(metadata, dict):
+        raise OutputFileError(f"{path} is not a kohya metadata file (a JSON object); fix or move it.",
+                              parameter="kohyaJson")
+    return metadata
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    """One JSON line in UTF-8; a name that is not UTF-8 (``\\udcNN``) is kept as an escape, which ``datasets``
+    reads back into the same file name."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+def _same_name(stored: object, name: str) -> bool:
+    return isinstance(stored, str) and posixpath.normpath(stored) == posixpath.normpath(name)
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False

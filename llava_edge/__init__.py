@@ -11,19 +11,23 @@ from llava_edge import errors
 from llava_edge._version import __version__
 
 if _typing.TYPE_CHECKING:
-    from llava_edge.api import Captioner, CaptionResult, caption, run_task
+    from llava_edge.api import CaptionDone, Captioner, CaptionResult, caption, run_task
     from llava_edge.batch.runner import caption_many
+    from llava_edge.events import Progress, TextDelta
     from llava_edge.generation import GenerationOptions, RuntimeOptions, Timings
     from llava_edge.models.catalog import ModelFiles, ModelSpec, available_models
     from llava_edge.models.download import download_model
 
 _LAZY = {
+    "CaptionDone": "llava_edge.api",
     "CaptionResult": "llava_edge.api",
     "Captioner": "llava_edge.api",
     "GenerationOptions": "llava_edge.generation",
     "ModelFiles": "llava_edge.models.catalog",
     "ModelSpec": "llava_edge.models.catalog",
+    "Progress": "llava_edge.events",
     "RuntimeOptions": "llava_edge.generation",
+    "TextDelta": "llava_edge.events",
     "Timings": "llava_edge.generation",
     "available_models": "llava_edge.models.catalog",
     "caption": "llava_edge.api",
@@ -33,12 +37,15 @@ _LAZY = {
 }
 
 __all__ = [
+    "CaptionDone",
     "CaptionResult",
     "Captioner",
     "GenerationOptions",
     "ModelFiles",
     "ModelSpec",
+    "Progress",
     "RuntimeOptions",
+    "TextDelta",
     "Timings",
     "__version__",
     "available_models",

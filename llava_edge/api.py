@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Self
@@ -17,7 +19,8 @@ from PIL import Image
 
 from llava_edge.cost import CostModel
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
+from llava_edge.events import Progress, TextDelta
+from llava_edge.generation import Generation, GenerationOptions, PromptChunk, RuntimeOptions, Timings
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageInput, ImageLimits, load_image
 from llava_edge.models.catalog import ModelFiles, Registry, load_registry
@@ -40,6 +43,20 @@ class CaptionResult:
     finish_reason: str
     timings: Timings
     model: str
+
+
+@dataclass(frozen=True)
+class CaptionDone:
+    """The last event of ``Captioner.stream``: the caption and its Runware response item."""
+
+    result: CaptionResult
+    response: dict[str, Any]
+    """``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``."""
+
+
+CaptionEvent = Progress | TextDelta | CaptionDone
+"""What ``Captioner.stream`` yields: ``Progress`` (CLIP tiles, prefill tokens), a ``TextDelta`` per
+generated token, then one ``CaptionDone``."""
 
 
 class Captioner:
@@ -94,6 +111,41 @@ class Captioner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def stream(
+        self,
+        image: ImageInput,
+        prompt: str | None = None,
+        *,
+        task_uuid: str | None = None,
+        include_cost: bool = False,
+        detail: str = "auto",
+        options: GenerationOptions | None = None,
+        limits: ImageLimits | None = None,
+    ) -> Generator[CaptionEvent, None, None]:
+        """Caption one image, reporting as it goes.
+
+        Yields ``Progress`` while CLIP encodes the tiles (``stage="encode"``, per tile) and the prompt is
+        evaluated (``stage="prefill"``, per batch of tokens; the two interleave, tile by tile), then a
+        ``TextDelta`` per generated token (the deltas joined are exactly the final text), then one
+        ``CaptionDone`` with the result and the Runware response item. The image is read at the first
+        step, and the model is held until the last.
+
+        Closing the iterator (or leaving a ``for`` loop over it) stops the caption at the next step
+        (between two tiles, two prefill batches or two tokens); the next caption runs as on a fresh
+        model. ``Captioner.runtime.cancel()`` stops it from another thread (``CaptionCancelledError``).
+
+        Raises:
+            LlavaEdgeError: as ``describe``, from the iteration.
+        """
+        picture = prepare_image(load_image(image, limits=limits or self.image_limits, store=self.image_store), detail)
+        with closing(self.runtime.stream(picture, prompt or DEFAULT_PROMPT, options or self.generation)) as events:
+            for event in events:
+                if not isinstance(event, Generation):
+                    yield event
+                    continue
+                result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name)
+                yield CaptionDone(result, self._response(task_uuid or str(uuid.uuid4()), result, include_cost))
+
     def describe(
         self,
         image: ImageInput,
@@ -104,9 +156,7 @@ class Captioner:
         limits: ImageLimits | None = None,
     ) -> CaptionResult:
         """Caption one image and return the text with its timings (the Python-native result)."""
-        picture = prepare_image(load_image(image, limits=limits or self.image_limits, store=self.image_store), detail)
-        generation = self.runtime.generate(picture, prompt or DEFAULT_PROMPT, options or self.generation)
-        return CaptionResult(generation.text, generation.finish_reason, generation.timings, self.model_name)
+        return _finished(self.stream(image, prompt, detail=detail, options=options, limits=limits)).result
 
     def caption(
         self,
@@ -120,8 +170,9 @@ class Captioner:
     ) -> dict[str, Any]:
         """Caption one image and answer with the Runware response item
         ``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``."""
-        result = self.describe(image, prompt, detail=detail, options=options)
-        return self._response(task_uuid or str(uuid.uuid4()), result, include_cost)
+        events = self.stream(image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail,
+                             options=options)
+        return _finished(events).response
 
     def run_task(
         self, request: dict[str, Any], *, allow_local_files: bool = False, image: bytes | None = None
@@ -174,6 +225,15 @@ class Captioner:
     def _response(self, task_uuid: str, result: CaptionResult, include_cost: bool) -> dict[str, Any]:
         cost = self.cost_model.cost(result.timings.generated_tokens, result.timings.total_s) if include_cost else None
         return caption_response(task_uuid, result.text, cost)
+
+
+def _finished(events: Generator[CaptionEvent, None, None]) -> CaptionDone:
+    """Run a caption's events to the end; its ``CaptionDone``."""
+    with closing(events):
+        for event in events:
+            if isinstance(event, CaptionDone):
+                return event
+    raise AssertionError("the caption ended without a result")  # pragma: no cover
 
 
 def prepare_image(image: Image.Image, detail: str) -> Image.Image:

@@ -101,15 +101,18 @@ def main() -> None:
 @click.option("--sidecar", is_flag=True, help="Write each caption to a .txt file beside its image.")
 @click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
               help="Caption on a Ray cluster: auto, local, or its address (needs llava-edge[ray]).")
+@click.option("--quiet", "-q", is_flag=True, help="No live line or progress bar.")
 @runtime_options
 @_user_errors
 def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens: int | None,
             temperature: float | None, seed: int | None, as_json: bool, recursive: bool, out: str | None,
-            out_format: str | None, sidecar: bool, ray_address: str | None, **options: Any) -> None:
+            out_format: str | None, sidecar: bool, ray_address: str | None, quiet: bool, **options: Any) -> None:
     """Caption IMAGES: files, folders, globs, URLs or data URIs.
 
-    With --out or --sidecar, captions go to files with a progress bar, a bad image becomes an error record,
-    and running the same command again skips the images already done.
+    One image on a terminal shows a live line (CLIP tiles, prefill tokens, ETA), then the caption as it is
+    generated. With --out or --sidecar, captions go to files with a progress bar that shows the image in
+    hand's stage, a bad image becomes an error record, and running the same command again skips the images
+    already done. Ctrl-C stops within one prefill batch (exit 130); what was written is complete.
     """
     from llava_edge.batch.outputs import open_sinks
     from llava_edge.batch.runner import discover_images
@@ -124,10 +127,14 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
     changes: dict[str, Any] = {name: value for name, value in given if value is not None}
     job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes)}
     to_files = out is not None or sidecar
+    live = len(found) == 1 and not (to_files or as_json or quiet or ray_address) and _on_a_terminal()
     with _stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
                                                 as_json=as_json) as sinks:
-        summary = _caption_all(found, sinks, ray_address, job, options, progress=None if to_files else False,
-                               stop=stop)
+        if live:
+            summary = _caption_live(found[0], sinks, job, options, stop)
+        else:
+            progress = None if to_files and not quiet else False
+            summary = _caption_all(found, sinks, ray_address, job, options, progress=progress, stop=stop)
     if to_files:
         _report(summary)
     if summary.interrupted:
@@ -149,19 +156,44 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
         return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **job,
                               gpus_per_actor=1 if options["device"] == "cuda" else 0,
                               **captioner_config(options, prefix_cache_bytes=0))
-    from llava_edge.batch.runner import caption_many, run_batch
+    from llava_edge.batch.runner import ImageStage, caption_many, run_batch
 
+    stage = ImageStage()
     with load_captioner(options, prefix_cache_bytes=0) as captioner:
         records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"],
-                               options=job["generation"], skip=sinks.done)
-        return run_batch(records, sinks, total=len(found), progress=progress, stop=stop)
+                               options=job["generation"], skip=sinks.done, on_event=stage, stop=stop)
+        return run_batch(records, sinks, total=len(found), progress=progress, stop=stop, stage=stage)
+
+
+def _caption_live(image: str, sinks: Any, job: dict[str, Any], options: dict[str, Any],
+                  stop: threading.Event) -> Any:
+    """One caption for a person at a terminal: the live line on stderr, the caption streamed to stdout
+    (each only where it is a terminal)."""
+    from llava_edge.batch.runner import caption_many, run_batch
+    from llava_edge.live import LiveCaption, LiveSink
+
+    live = LiveCaption(sys.stdout, sys.stderr)
+    try:
+        with load_captioner(options, prefix_cache_bytes=0) as captioner:
+            records = caption_many([image], job["prompt"], captioner=captioner, detail=job["detail"],
+                                   options=job["generation"], on_event=live.event, stop=stop)
+            return run_batch(records, LiveSink(live, sinks), total=1, progress=False, stop=stop)
+    finally:
+        live.end()
+
+
+def _on_a_terminal() -> bool:
+    from llava_edge.live import is_terminal
+
+    return is_terminal(sys.stdout) or is_terminal(sys.stderr)
 
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C or SIGTERM ends a run after the image in hand, every record written complete and synced;
-    a second one ends the process at once. (A handler that raises could fire inside llama.cpp's log
-    callback, where ctypes swallows the exception.)"""
+    """Ctrl-C or SIGTERM ends a run at the image in hand's next step (a CLIP tile, a prefill batch or a
+    token; that image gets no record), every record written complete and synced; a second one ends the
+    process at once. (A handler that raises could fire inside llama.cpp's log callback, where ctypes
+    swallows the exception.)"""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop

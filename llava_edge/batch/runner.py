@@ -23,13 +23,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from llava_edge.api import Captioner
+from llava_edge.api import CaptionDone, Captioner, CaptionResult
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.events import Progress, StageView, TextDelta
 from llava_edge.generation import GenerationOptions, RuntimeOptions, Timings
 from llava_edge.images import ImageInput, ImageLimits, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, caption_response
@@ -162,6 +164,8 @@ def caption_many(
     detail: str = "auto",
     options: GenerationOptions | None = None,
     skip: Skip | None = None,
+    on_event: Callable[[str, Progress | TextDelta], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[BatchRecord]:
     """Caption images one after another with one loaded model, yielding a record as each completes.
 
@@ -177,13 +181,22 @@ def caption_many(
         model: the model to load when no ``captioner`` is given.
         detail, options: as for ``Captioner.describe``.
         skip: ``skip(name, digest)``; images it reports done yield a record with ``skipped=True``.
+        on_event: ``on_event(name, event)`` for each ``Progress`` and ``TextDelta`` of the image in hand.
+        stop: once set, the image in hand is abandoned at its next step (a tile, a prefill batch or a
+            token) and the run ends without a record for it.
     """
     owned = captioner is None
     loaded = captioner if captioner is not None else Captioner(model, runtime=BATCH_RUNTIME)
+    job = _Job(prompt, detail, options, on_event, stop)
     try:
         for image in images:
+            if stop is not None and stop.is_set():
+                return
             item = image if isinstance(image, ImageItem) else ImageItem(os.fspath(image), image)
-            yield _caption_one(loaded, item, prompt, detail, options, skip)
+            record = _caption_one(loaded, item, job, skip)
+            if record is None:
+                return
+            yield record
     finally:
         if owned:
             loaded.close()
@@ -191,7 +204,7 @@ def caption_many(
 
 def run_batch(
     records: Iterable[BatchRecord], sink: Sink, *, total: int, progress: bool | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, stage: ImageStage | None = None,
 ) -> BatchSummary:
     """Write records to ``sink`` as they come, with a progress bar, until done or interrupted.
 
@@ -199,11 +212,15 @@ def run_batch(
         records: from ``caption_many`` or a Ray dataset.
         total: how many records to expect (for the bar's ETA; skipped ones are taken off).
         progress: show the bar; ``None`` shows it only when stderr is a terminal.
-        stop: once set (by a signal handler, say), the run ends after the record in hand.
+        stop: once set (by a signal handler, say), the run ends after the record in hand (``caption_many``
+            given the same event ends sooner, abandoning the image in hand).
+        stage: shows the image in hand's stage beside the bar (pass it to ``caption_many`` as ``on_event``).
     """
     summary = BatchSummary()
     started = time.perf_counter()
     with tqdm(total=total, unit="img", disable=None if progress is None else not progress) as bar:
+        if stage is not None:
+            stage.bar = bar
         try:
             for record in records:
                 summary.count(record)
@@ -219,8 +236,38 @@ def run_batch(
                     break
         except KeyboardInterrupt:
             summary.interrupted = True
+        if stop is not None and stop.is_set():
+            summary.interrupted = True
+        if stage is not None:
+            stage.bar = None
+            bar.set_description_str("", refresh=False)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+class ImageStage:
+    """``caption_many``'s ``on_event`` that shows the image in hand's stage (``CLIP 3/5 tiles · prefill
+    1,152/2,890 tokens · ETA 0:42``, then the tokens generated) as the description of ``run_batch``'s bar,
+    at most ``per_second`` times a second. Shows nothing while it has no bar or the bar is off."""
+
+    def __init__(self, *, per_second: float = 8.0):
+        self.bar: Any = None
+        self._interval = 1.0 / per_second
+        self._image: str | None = None
+        self._view = StageView()
+        self._shown = 0.0
+
+    def __call__(self, image: str, event: Progress | TextDelta) -> None:
+        if self.bar is None or self.bar.disable:
+            return
+        if image != self._image:
+            self._image, self._view = image, StageView()
+        self._view.update(event)
+        now = time.monotonic()
+        if now - self._shown >= self._interval:
+            self._shown = now
+            name = printable_name(os.path.basename(image) or image)
+            self.bar.set_description_str(f"{name}: {self._view.line()}", refresh=True)
 
 
 def read_item(item: ImageItem, limits: ImageLimits, store: Any = None) -> tuple[bytes, str]:
@@ -265,10 +312,32 @@ def _escape_surrogate(match: re.Match[str]) -> str:
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
-def _caption_one(
-    captioner: Captioner, item: ImageItem, prompt: str | None, detail: str,
-    options: GenerationOptions | None, skip: Skip | None,
-) -> BatchRecord:
+@dataclass(frozen=True)
+class _Job:
+    """What every image of a ``caption_many`` run shares."""
+
+    prompt: str | None
+    detail: str
+    options: GenerationOptions | None
+    on_event: Callable[[str, Progress | TextDelta], None] | None
+    stop: threading.Event | None
+
+
+def _describe(captioner: Captioner, item: ImageItem, data: bytes, job: _Job) -> CaptionResult | None:
+    """Caption one image, passing its events on; ``None`` when ``job.stop`` was set part-way."""
+    with closing(captioner.stream(data, job.prompt, detail=job.detail, options=job.options)) as events:
+        for event in events:
+            if isinstance(event, CaptionDone):
+                return event.result
+            if job.stop is not None and job.stop.is_set():
+                return None
+            if job.on_event is not None:
+                job.on_event(item.name, event)
+    raise AssertionError("the caption ended without a result")  # pragma: no cover
+
+
+def _caption_one(captioner: Captioner, item: ImageItem, job: _Job, skip: Skip | None) -> BatchRecord | None:
+    """The record for one image; ``None`` when the run was stopped while it was being captioned."""
     failure: LlavaEdgeError | None = None
     try:
         data, sha256 = read_item(item, captioner.image_limits, captioner.image_store)
@@ -279,10 +348,12 @@ def _caption_one(
     task_uuid = task_uuid_for(item.name, sha256)
     if failure is None:
         try:
-            result = captioner.describe(data, prompt, detail=detail, options=options)
+            result = _describe(captioner, item, data, job)
         except LlavaEdgeError as err:
             failure = err
         else:
+            if result is None:
+                return None
             return BatchRecord(
                 item.name, sha256, model=result.model, response=caption_response(task_uuid, result.text),
                 finish_reason=result.finish_reason, timings=result.timings,

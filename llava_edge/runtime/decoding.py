@@ -1,15 +1,17 @@
-"""The decoding loop: sample after the prompt until end of generation, a stop string, or max_tokens."""
+"""The decoding loop: sample after the prompt until end of generation, a stop string, or max_tokens, and
+report each token's settled text as it comes."""
 
 from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import llama_cpp
 
 from llava_edge.errors import RuntimeBackendError
+from llava_edge.events import TextDelta, TextStream
 from llava_edge.generation import (
     Generation,
     GenerationOptions,
@@ -46,12 +48,44 @@ class Decoder:
         self.raise_if_cancelled = raise_if_cancelled
         self.sampler = sampler_chain(options)
 
-    def run(self) -> Generation:
-        """Decode to the end; the text, why it ended and the timings of every stage."""
+    def events(self) -> Iterator[TextDelta | Generation]:
+        """Decode to the end: a ``TextDelta`` per sampled token, the rest of the text in a last delta when
+        some was held back, then the ``Generation`` (the text, why it ended, the timings of every stage).
+        Closing the iterator stops decoding; the sampler is freed either way."""
+        stream = TextStream(self.options.stop)
+        pieces: list[bytes] = []
+        reason, first_token_at = "length", None
         try:
-            pieces, reason, first_token_at = self._loop()
+            for _ in range(self.options.max_tokens):
+                token = llama_cpp.llama_sampler_sample(self.sampler, self.context, -1)
+                first_token_at = first_token_at or time.perf_counter()
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    reason = "stop"
+                    break
+                pieces.append(token_piece(self.vocab, token))
+                if self.options.stop and contains_stop(pieces, self.options.stop):
+                    reason = "stop"
+                    break
+                yield TextDelta(stream.feed(pieces[-1]), len(pieces))
+                self._decode(token)
         finally:
             llama_cpp.llama_sampler_free(self.sampler)
+        generation = self._generation(pieces, reason, first_token_at)
+        rest = stream.finish(generation.text)
+        if rest:
+            yield TextDelta(rest, len(pieces))
+        yield generation
+
+    def _decode(self, token: int) -> None:
+        tokens = (llama_cpp.llama_token * 1)(token)  # kept alive: the batch only points at it
+        batch = llama_cpp.llama_batch_get_one(tokens, 1)
+        if llama_cpp.llama_decode(self.context, batch) != 0:
+            self.raise_if_cancelled()
+            raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
+        raise_if_interrupted()
+        self.raise_if_cancelled()
+
+    def _generation(self, pieces: list[bytes], reason: str, first_token_at: float | None) -> Generation:
         finished = time.perf_counter()
         text = cut_at_stop(b"".join(pieces).decode("utf-8", "replace"), self.options.stop).strip()
         first = first_token_at or finished
@@ -65,23 +99,3 @@ class Decoder:
             generated_tokens=len(pieces),
         )
         return Generation(text=text, finish_reason=reason, timings=timings)
-
-    def _loop(self) -> tuple[list[bytes], str, float | None]:
-        first_token_at = None
-        pieces: list[bytes] = []
-        for _ in range(self.options.max_tokens):
-            token = llama_cpp.llama_sampler_sample(self.sampler, self.context, -1)
-            first_token_at = first_token_at or time.perf_counter()
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                return pieces, "stop", first_token_at
-            pieces.append(token_piece(self.vocab, token))
-            if self.options.stop and contains_stop(pieces, self.options.stop):
-                return pieces, "stop", first_token_at
-            tokens = (llama_cpp.llama_token * 1)(token)  # kept alive: the batch only points at it
-            batch = llama_cpp.llama_batch_get_one(tokens, 1)
-            if llama_cpp.llama_decode(self.context, batch) != 0:
-                self.raise_if_cancelled()
-                raise RuntimeBackendError("llama.cpp failed to decode a generated token.")
-            raise_if_interrupted()
-            self.raise_if_cancelled()
-        return pieces, "length", first_token_at

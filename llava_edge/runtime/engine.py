@@ -12,6 +12,8 @@ import ctypes
 import hashlib
 import threading
 import time
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from typing import Any, Self
 
 import llama_cpp
@@ -19,6 +21,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
 from llava_edge.errors import CaptionCancelledError, ContextOverflowError, RuntimeBackendError
+from llava_edge.events import ENCODE, PREFILL, Progress, TextDelta
 from llava_edge.generation import (
     Generation,
     GenerationOptions,
@@ -41,6 +44,9 @@ from llava_edge.runtime.backend import (
 from llava_edge.runtime.decoding import Decoder, token_piece
 from llava_edge.runtime.image_eval import Tokenized, eval_image, eval_text
 from llava_edge.runtime.loading import identity, load_model, new_context, new_mtmd
+
+RuntimeEvent = Progress | TextDelta | Generation
+"""What ``LlavaRuntime.stream`` yields: progress, text deltas, and the ``Generation`` last."""
 
 
 class LlavaRuntime:
@@ -139,8 +145,27 @@ class LlavaRuntime:
         Raises:
             ContextOverflowError: image + prompt + max_tokens exceed n_ctx (raised before any compute).
             RuntimeBackendError: llama.cpp failed to encode, decode or sample.
+            CaptionCancelledError: ``cancel()`` was called while it ran.
+        """
+        with closing(self.stream(image, prompt, options)) as events:
+            for event in events:
+                if isinstance(event, Generation):
+                    return event
+        raise AssertionError("the caption ended without a result")  # pragma: no cover
+
+    def stream(
+        self, image: Image.Image, prompt: str, options: GenerationOptions | None = None
+    ) -> Generator[RuntimeEvent, None, None]:
+        """Caption ``image`` as ``generate`` does, reporting as it goes: ``Progress`` of the CLIP encode (per
+        tile) and of the prefill (per batch), a ``TextDelta`` per generated token, and the ``Generation``
+        last. The model is held from the first event to the last; closing the iterator early stops the
+        caption between two calls into llama.cpp and leaves the context ready for the next one.
+
+        Raises:
+            The errors of ``generate``, from the iteration.
         """
         options = options or GenerationOptions()
+        generation: Generation | None = None
         with self._lock:
             self._cancelled.clear()
             llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
@@ -148,14 +173,20 @@ class LlavaRuntime:
             with Tokenized(self._mtmd, image, self.prompt_text(prompt)) as tokenized:
                 layout = tokenized.layout()
                 self._check_budget(layout, options.max_tokens)
-                stages = self._evaluate(tokenized)
+                stages = yield from self._evaluate(tokenized)
             raise_if_interrupted()
             self._raise_if_cancelled()
             decoder = Decoder(
                 self._ctx, self._vocab, options, started=started, stages=stages, layout=layout,
                 raise_if_cancelled=self._raise_if_cancelled,
             )
-            return decoder.run()
+            for event in decoder.events():
+                if isinstance(event, Generation):
+                    generation = event
+                else:
+                    yield event
+        assert generation is not None
+        yield generation  # after the lock is released: the model is free once the result is out
 
     def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
         image, prompt = image_tokens(layout), prompt_tokens(layout)
@@ -168,13 +199,14 @@ class LlavaRuntime:
                 parameter=blamed,
             )
 
-    def _evaluate(self, tokenized: Tokenized) -> dict[str, Any]:
-        """Evaluate every chunk; returns seconds per stage.
+    def _evaluate(self, tokenized: Tokenized) -> Generator[Progress, None, dict[str, Any]]:
+        """Evaluate every chunk, reporting progress; returns seconds per stage.
 
         The image prefix (``[INST] <image>``) is not evaluated again when it can be had cheaper: still in
         the context from the last call on the same image (its later tokens are dropped, nothing is
         copied), or restored from the prefix cache. A newly evaluated prefix goes into the cache when
-        the cache is on."""
+        the cache is on. The context holds a prefix (``_resident``) only once it is complete, so a caption
+        stopped part-way leaves the next call to clear or trim the context."""
         stages: dict[str, Any] = {"image_encode_s": 0.0, "image_prefill_s": 0.0, "text_prefill_s": 0.0}
         count, prefix_end = tokenized.count, tokenized.prefix_end
         key = self._prefix_key(tokenized) if prefix_end else None
@@ -183,12 +215,14 @@ class LlavaRuntime:
         if n_past is None:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
             n_past = self._restore_prefix(key, stages) if key and self.prefix_cache.enabled else None
+        meter = _Meter(tokenized, range(prefix_end if n_past is not None else 0, count))
+        yield from meter.start()
         if n_past is None:
-            n_past = self._eval_chunks(tokenized, range(prefix_end), 0, stages)
+            n_past = yield from self._eval_chunks(tokenized, range(prefix_end), 0, stages, meter)
             if key and self.prefix_cache.enabled:
                 self.prefix_cache.put(key, self._snapshot(n_past))
         self._resident = (key, n_past) if key else None
-        self._eval_chunks(tokenized, range(prefix_end, count), n_past, stages)
+        yield from self._eval_chunks(tokenized, range(prefix_end, count), n_past, stages, meter)
         return stages
 
     def _reuse_resident(
@@ -203,20 +237,27 @@ class LlavaRuntime:
         stages["prefix_cache_hit"] = True
         return resident[1]
 
-    def _eval_chunks(self, tokenized: Tokenized, indices: range, n_past: int, stages: dict[str, Any]) -> int:
+    def _eval_chunks(
+        self, tokenized: Tokenized, indices: range, n_past: int, stages: dict[str, Any], meter: _Meter
+    ) -> Generator[Progress, None, int]:
+        """Evaluate chunks from position ``n_past``, a progress event after every call into llama.cpp (the
+        caller may stop there); the new n_past."""
         for index in indices:
             chunk = tokenized.chunk(index)
             if tokenized.is_image(index):
-                n_past = eval_image(
-                    self._mtmd, self._ctx, chunk, n_past, self.options.n_batch, stages, self._raise_if_cancelled
-                )
-                continue
-            began = time.perf_counter()
-            n_past = eval_text(
-                self._mtmd, self._ctx, chunk, n_past, self.options.n_batch,
-                last=index == tokenized.count - 1, on_failure=self._raise_if_cancelled,
-            )
-            stages["text_prefill_s"] += time.perf_counter() - began
+                steps = eval_image(self._mtmd, self._ctx, chunk, n_past, self.options.n_batch,
+                                   self._raise_if_cancelled)
+                prefill_stage = "image_prefill_s"
+            else:
+                steps = eval_text(self._ctx, tokenized.text_tokens(index), n_past, self.options.n_batch,
+                                  last=index == tokenized.count - 1, on_failure=self._raise_if_cancelled)
+                prefill_stage = "text_prefill_s"
+            for stage, amount, seconds in steps:
+                stages["image_encode_s" if stage == ENCODE else prefill_stage] += seconds
+                yield meter.step(stage, amount, seconds)
+                raise_if_interrupted()
+                self._raise_if_cancelled()
+            n_past += tokenized.n_pos(index)
         return n_past
 
     def _prefix_key(self, tokenized: Tokenized) -> str:
@@ -246,3 +287,25 @@ class LlavaRuntime:
         stages["image_prefill_s"] = time.perf_counter() - began
         stages["prefix_cache_hit"] = True
         return state.n_past
+
+
+class _Meter:
+    """Counts the tiles encoded and prompt tokens evaluated by one call, as ``Progress`` events."""
+
+    def __init__(self, tokenized: Tokenized, indices: range):
+        images = [index for index in indices if tokenized.is_image(index)]
+        tokens = sum(int(mtmd.mtmd_input_chunk_get_n_tokens(tokenized.chunk(index))) for index in indices)
+        self.totals = {ENCODE: len(images), PREFILL: tokens}
+        self.done = {ENCODE: 0, PREFILL: 0}
+        self.elapsed = {ENCODE: 0.0, PREFILL: 0.0}
+
+    def start(self) -> Iterator[Progress]:
+        """A first event per stage with work to do (``done`` 0), so a display knows the totals at once."""
+        for stage in (ENCODE, PREFILL):
+            if self.totals[stage]:
+                yield Progress.measured(stage, 0, self.totals[stage], 0.0)
+
+    def step(self, stage: str, amount: int, seconds: float) -> Progress:
+        self.done[stage] += amount
+        self.elapsed[stage] += seconds
+        return Progress.measured(stage, self.done[stage], self.totals[stage], self.elapsed[stage])

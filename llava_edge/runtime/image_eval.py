@@ -1,12 +1,13 @@
 """Image evaluation: libmtmd turns (image, prompt text) into chunks, encodes the image tiles with CLIP and
-feeds the embeddings and text to the llama.cpp context."""
+feeds the embeddings and text to the llama.cpp context, one batch at a time, so that a caller sees
+progress and can stop between any two calls into llama.cpp."""
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 import llama_cpp
@@ -14,6 +15,7 @@ import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
 from llava_edge.errors import RuntimeBackendError
+from llava_edge.events import ENCODE, PREFILL
 from llava_edge.generation import PromptChunk
 
 
@@ -64,23 +66,117 @@ class Tokenized:
             if self.is_image(index):
                 chunks.append(PromptChunk("image", n_tokens))
                 continue
-            count = ctypes.c_size_t()
-            pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-            chunks.append(PromptChunk("text", n_tokens, tuple(pointer[i] for i in range(count.value))))
+            chunks.append(PromptChunk("text", n_tokens, self.text_tokens(index)))
         return chunks
+
+    def text_tokens(self, index: int) -> tuple[int, ...]:
+        """The tokens of a text chunk."""
+        count = ctypes.c_size_t()
+        pointer = mtmd.mtmd_input_chunk_get_tokens_text(self.chunk(index), ctypes.byref(count))
+        return tuple(pointer[i] for i in range(count.value))
+
+    def n_pos(self, index: int) -> int:
+        """The context positions a chunk takes."""
+        return int(mtmd.mtmd_input_chunk_get_n_pos(self.chunk(index)))
+
+
+Step = tuple[str, int, float]
+"""What one call into llama.cpp did: (``ENCODE``, 1 tile, seconds) or (``PREFILL``, tokens, seconds)."""
 
 
 def eval_image(
-    mtmd_context: Any, context: Any, chunk: Any, n_past: int, n_batch: int, stages: dict[str, Any],
-    on_failure: Callable[[], None],
-) -> int:
-    """Encode an image chunk with CLIP and decode its embeddings; adds to the stage times; new n_past.
-    ``on_failure`` runs before a failure is reported (it raises instead when the caption was cancelled)."""
+    mtmd_context: Any, context: Any, chunk: Any, n_past: int, n_batch: int, on_failure: Callable[[], None],
+) -> Iterator[Step]:
+    """Encode an image chunk (one tile) with CLIP, then decode its embeddings from position ``n_past``,
+    ``n_batch`` at a time; yields a step after the encode and after each batch. ``on_failure`` runs before
+    a failure is reported (it raises instead when the caption was cancelled).
+
+    The batches, positions and flags are those of ``mtmd_helper_decode_image_chunk`` for a causal model
+    with one position per token (LLaVA), so the context ends the same; a model with M-RoPE positions or
+    non-causal image attention is left to that helper, in one call."""
     began = time.perf_counter()
     if mtmd.mtmd_encode_chunk(mtmd_context, chunk) != 0:
         raise RuntimeBackendError("libmtmd failed to encode the image.")
-    embeddings = mtmd.mtmd_get_output_embd(mtmd_context)
-    encoded = time.perf_counter()
+    embeddings = mtmd.mtmd_get_output_embd(mtmd_context)  # valid until the next encode
+    yield ENCODE, 1, time.perf_counter() - began
+    n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+    if mtmd.mtmd_decode_use_mrope(mtmd_context) or mtmd.mtmd_decode_use_non_causal(mtmd_context, chunk):
+        began = time.perf_counter()
+        _decode_with_helper(mtmd_context, context, chunk, embeddings, n_past, n_batch, on_failure)
+        yield PREFILL, n_tokens, time.perf_counter() - began
+        return
+    n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
+    first = ctypes.cast(embeddings, ctypes.c_void_p).value or 0
+    batch = _EmbeddingBatch(min(n_batch, n_tokens))
+    for offset in range(0, n_tokens, n_batch):
+        count = min(n_batch, n_tokens - offset)
+        view = batch.view(first + offset * n_embd * ctypes.sizeof(ctypes.c_float), n_past + offset, count)
+        began = time.perf_counter()
+        status = llama_cpp.llama_decode(context, view)
+        if status != 0:
+            on_failure()
+            raise RuntimeBackendError(f"llama.cpp failed to evaluate the image tokens (status {status}).")
+        yield PREFILL, count, time.perf_counter() - began
+
+
+def eval_text(
+    context: Any, tokens: tuple[int, ...], n_past: int, n_batch: int, *, last: bool,
+    on_failure: Callable[[], None],
+) -> Iterator[Step]:
+    """Decode text tokens from position ``n_past``, ``n_batch`` at a time (logits for the very last token
+    only when ``last``), as ``mtmd_helper_eval_chunk_single`` does; yields a step per batch."""
+    batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+    try:
+        for offset in range(0, len(tokens), n_batch):
+            part = tokens[offset:offset + n_batch]
+            batch.n_tokens = len(part)
+            for index, token in enumerate(part):
+                batch.token[index] = token
+                batch.pos[index] = n_past + offset + index
+                batch.n_seq_id[index] = 1
+                batch.seq_id[index][0] = 0
+                batch.logits[index] = False
+            if last and offset + len(part) == len(tokens):
+                batch.logits[len(part) - 1] = True
+            began = time.perf_counter()
+            status = llama_cpp.llama_decode(context, batch)
+            if status != 0:
+                on_failure()
+                raise RuntimeBackendError(f"llama.cpp failed to evaluate the prompt text (status {status}).")
+            yield PREFILL, len(part), time.perf_counter() - began
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+class _EmbeddingBatch:
+    """The positions, sequence ids and flags of up to ``capacity`` embeddings; ``view`` points a
+    llama_batch at a run of them (nothing is copied)."""
+
+    def __init__(self, capacity: int):
+        self.pos = (llama_cpp.llama_pos * capacity)()
+        self.n_seq_id = (ctypes.c_int32 * capacity)(*([1] * capacity))
+        self.seq_zero = (llama_cpp.llama_seq_id * 1)(0)
+        seq_pointer = ctypes.cast(self.seq_zero, ctypes.POINTER(llama_cpp.llama_seq_id))
+        self.seq_id = (ctypes.POINTER(llama_cpp.llama_seq_id) * (capacity + 1))(*([seq_pointer] * capacity))
+        self.logits = (ctypes.c_int8 * capacity)()
+
+    def view(self, embd_address: int, first_pos: int, count: int) -> Any:
+        for index in range(count):
+            self.pos[index] = first_pos + index
+        batch: Any = llama_cpp.llama_batch()
+        batch.n_tokens = count
+        batch.embd = ctypes.cast(embd_address, ctypes.POINTER(ctypes.c_float))
+        batch.pos = ctypes.cast(self.pos, ctypes.POINTER(llama_cpp.llama_pos))
+        batch.n_seq_id = ctypes.cast(self.n_seq_id, ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = ctypes.cast(self.seq_id, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id)))
+        batch.logits = ctypes.cast(self.logits, ctypes.POINTER(ctypes.c_int8))
+        return batch
+
+
+def _decode_with_helper(
+    mtmd_context: Any, context: Any, chunk: Any, embeddings: Any, n_past: int, n_batch: int,
+    on_failure: Callable[[], None],
+) -> None:
     new_n_past = llama_cpp.llama_pos(0)
     status = mtmd.mtmd_helper_decode_image_chunk(
         mtmd_context, context, chunk, embeddings, n_past, 0, n_batch,
@@ -89,24 +185,6 @@ def eval_image(
     if status != 0:
         on_failure()
         raise RuntimeBackendError(f"llama.cpp failed to evaluate the image tokens (status {status}).")
-    stages["image_encode_s"] += encoded - began
-    stages["image_prefill_s"] += time.perf_counter() - encoded
-    return int(new_n_past.value)
-
-
-def eval_text(
-    mtmd_context: Any, context: Any, chunk: Any, n_past: int, n_batch: int, *, last: bool,
-    on_failure: Callable[[], None],
-) -> int:
-    """Decode a text chunk (logits for its last token only when ``last``); new n_past."""
-    new_n_past = llama_cpp.llama_pos(0)
-    status = mtmd.mtmd_helper_eval_chunk_single(
-        mtmd_context, context, chunk, n_past, 0, n_batch, last, ctypes.byref(new_n_past)
-    )
-    if status != 0:
-        on_failure()
-        raise RuntimeBackendError(f"llama.cpp failed to evaluate the prompt text (status {status}).")
-    return int(new_n_past.value)
 
 
 def _bitmap(image: Image.Image) -> tuple[Any, str]:

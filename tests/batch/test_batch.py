@@ -7,6 +7,8 @@ import json
 import os
 import re
 import struct
+import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -23,8 +25,16 @@ from llava_edge.batch.outputs import (
     open_sinks,
     sidecar_path,
 )
-from llava_edge.batch.runner import BatchRecord, ImageItem, discover_images, run_batch, task_uuid_for
+from llava_edge.batch.runner import (
+    BatchRecord,
+    ImageItem,
+    ImageStage,
+    discover_images,
+    run_batch,
+    task_uuid_for,
+)
 from llava_edge.errors import OutputFileError
+from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import Timings
 
 SHORT = GenerationOptions(max_tokens=4, seed=7)
@@ -263,6 +273,54 @@ def test_run_batch_writes_counts_and_stops_cleanly_on_interrupt(tmp_path: Path) 
     assert (summary.captioned, summary.failed, summary.skipped, summary.interrupted) == (1, 1, 1, True)
     assert [json.loads(line)["image"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [
         "a.png", "c.png"]
+
+
+def test_caption_many_passes_each_images_events_on_and_stops_part_way(
+    make_image: ImageFactory, captioner: Captioner, tmp_path: Path
+) -> None:
+    """``stop`` set during the second image's prefill: no record for it, none after it, and run_batch
+    reports the run interrupted; every event came with its image's name."""
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"p{index}.png")
+        paths[-1].write_bytes(make_image(672, 600 + index))
+    stop = threading.Event()
+    seen: list[tuple[str, object]] = []
+
+    def on_event(image: str, event: Progress | TextDelta) -> None:
+        seen.append((image, event))
+        if image == str(paths[1]) and isinstance(event, Progress) and event.stage == "prefill" and event.done:
+            stop.set()
+
+    records = caption_many(paths, captioner=captioner, options=SHORT, on_event=on_event, stop=stop)
+    with open_sinks([str(path) for path in paths], out=tmp_path / "out.jsonl") as sinks:
+        summary = run_batch(records, sinks, total=3, progress=False, stop=stop)
+    assert (summary.captioned, summary.interrupted) == (1, True)
+    assert [json.loads(line)["image"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [str(paths[0])]
+    first_image = [event for image, event in seen if image == str(paths[0])]
+    assert isinstance(first_image[0], Progress) and any(isinstance(event, TextDelta) for event in first_image)
+    assert {image for image, _ in seen} == {str(paths[0]), str(paths[1])}
+    assert not captioner.runtime._lock.locked()
+
+
+def test_the_stage_of_the_image_in_hand_goes_beside_the_bar() -> None:
+    class Bar:
+        disable = False
+        description = ""
+
+        def set_description_str(self, text: str, refresh: bool = True) -> None:
+            self.description = text
+
+    stage = ImageStage(per_second=1000.0)
+    stage("photos/cat.png", Progress.measured("encode", 0, 5, 0.0))  # no bar yet: nothing to show
+    stage.bar = bar = Bar()
+    stage("photos/cat.png", Progress.measured("encode", 2, 5, 4.0))
+    time.sleep(0.002)
+    stage("photos/cat.png", Progress.measured("prefill", 1152, 2890, 9.0))
+    assert bar.description == "cat.png: CLIP 2/5 tiles · prefill 1,152/2,890 tokens · ETA 0:20"
+    time.sleep(0.002)
+    stage("photos/dog.png", TextDelta("A", 1))
+    assert bar.description == "dog.png: generating · 1 token"
 
 
 def _record(image: str, sha256: str, text: str) -> BatchRecord:

@@ -18,7 +18,7 @@ from typing import Any, Self
 from PIL import Image
 
 from llava_edge.cost import CostModel
-from llava_edge.errors import LlavaEdgeError
+from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import Generation, GenerationOptions, PromptChunk, RuntimeOptions, Timings
 from llava_edge.image_store import ImageStore
@@ -175,12 +175,15 @@ class Captioner:
         return _finished(events).response
 
     def run_task(
-        self, request: dict[str, Any], *, allow_local_files: bool = False, image: bytes | None = None
+        self, request: dict[str, Any], *, allow_local_files: bool = False, image: bytes | None = None,
+        cancelled: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Answer one Runware caption task (``caption`` or legacy ``imageCaption``) with its response item.
 
         The loaded model answers; ``model`` must still name a known variant (or this model's name).
         ``image``: the task's image already read (the server fetches URLs before a task takes the model).
+        ``cancelled``: once set (by another thread), the caption stops at its next step with
+        ``CaptionCancelledError``.
 
         Raises:
             LlavaEdgeError: carrying the Runware error item, with the task's taskType and taskUUID.
@@ -190,8 +193,9 @@ class Captioner:
             self._check_model_name(task.model)
             limits = replace(self.image_limits, allow_paths=allow_local_files)
             source = task.image if image is None else image
-            result = self.describe(source, task.prompt, detail=task.detail, options=self._options_for(task),
-                                   limits=limits)
+            events = self.stream(source, task.prompt, detail=task.detail, options=self._options_for(task),
+                                 limits=limits)
+            result = _finished(events, cancelled).result
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task.task_type
             err.task_uuid = err.task_uuid or task.task_uuid
@@ -227,12 +231,15 @@ class Captioner:
         return caption_response(task_uuid, result.text, cost)
 
 
-def _finished(events: Generator[CaptionEvent, None, None]) -> CaptionDone:
-    """Run a caption's events to the end; its ``CaptionDone``."""
+def _finished(events: Generator[CaptionEvent, None, None], cancelled: threading.Event | None = None) -> CaptionDone:
+    """Run a caption's events to the end; its ``CaptionDone``. When ``cancelled`` is set, the caption stops
+    at its next step (closing the stream) with ``CaptionCancelledError``."""
     with closing(events):
         for event in events:
             if isinstance(event, CaptionDone):
                 return event
+            if cancelled is not None and cancelled.is_set():
+                raise CaptionCancelledError("Nobody waits for this caption any more; it was stopped.")
     raise AssertionError("the caption ended without a result")  # pragma: no cover
 
 

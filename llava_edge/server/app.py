@@ -354,6 +354,8 @@ class _Connection:
         self.authenticated = False
         self._send_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
+        self._unanswered: set[str] = set()
+        """taskUUIDs of this client's tasks not answered yet."""
 
     async def serve(self) -> None:
         try:
@@ -364,6 +366,8 @@ class _Connection:
         finally:
             for task in self._running:
                 task.cancel()
+            for task_uuid in self._unanswered:  # nobody waits for these any more: stop the sync ones
+                self.service.abandon(task_uuid)
 
     async def _receive(self) -> str | bytes | None:
         settings = self.service.settings
@@ -413,7 +417,13 @@ class _Connection:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, raw: Any) -> None:
-        outcome = await self.service.run(raw, base_url=self.base_url)
+        task_uuid = task_identity(raw)[1]
+        if task_uuid:
+            self._unanswered.add(task_uuid)
+        try:
+            outcome = await self.service.run(raw, base_url=self.base_url)
+        finally:
+            self._unanswered.discard(task_uuid or "")
         try:
             await self._send(outcome)
         except Exception:

@@ -10,8 +10,9 @@ Mistral's instruction format; a system message opens the first user turn (Mistra
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llava_edge.errors import (
     AuthenticationError,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from llava_edge.server.task_service import TaskService
 
+T = TypeVar("T")
 OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
                       "llava:7b-v1.6-mistral")
 """Names Ollama users type for this model; all mean the loaded variant."""
@@ -160,3 +162,16 @@ def authenticate_request(request: Request, service: TaskService) -> None:
     """Check the request's ``Authorization: Bearer`` key (the server's key, when it has one)."""
     service.auth.verify(request.client.host if request.client else "",
                         bearer_key(request.headers.get("authorization", "")))
+
+
+async def first_and_rest(events: AsyncIterator[T]) -> tuple[T, AsyncIterator[T]]:
+    """The first item of a stream, and the stream again from that item on: an error that comes before
+    any output can still be answered with a status code instead of inside a 200 stream."""
+    first = await anext(events)
+
+    async def replay() -> AsyncIterator[T]:
+        yield first
+        async for item in events:
+            yield item
+
+    return first, replay()

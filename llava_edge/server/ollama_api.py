@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from llava_edge._version import __version__
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
+from llava_edge.events import TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.schema import MAX_TOKENS_LIMIT
 from llava_edge.server.chat import (
@@ -31,10 +32,12 @@ from llava_edge.server.chat import (
     conversation_image,
     conversation_prompt,
     error_status,
+    first_and_rest,
     model_names,
     parse_json_object,
     parse_stop,
 )
+from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
 
 OLLAMA_COMPATIBLE_VERSION = "0.12.0"
@@ -110,13 +113,15 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         call = ChatCall(conversation_image(turns), conversation_prompt(turns), options)
     except LlavaEdgeError as err:
         return ollama_error(err)
+    if stream:
+        first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
+        if isinstance(first, Outcome) and first.error is not None:
+            return ollama_error(first.error)
+        return StreamingResponse(_ndjson(events, model, chat, started), media_type="application/x-ndjson")
     outcome = await service.chat(call, base_url=str(request.base_url))
     if outcome.error is not None:
         return ollama_error(outcome.error)
-    final = _final(model, outcome.result, chat, time.perf_counter() - started)
-    if not stream:
-        return JSONResponse(final)
-    return StreamingResponse(_ndjson(final, chat), media_type="application/x-ndjson")
+    return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started))
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -214,16 +219,21 @@ def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, A
             "eval_count": timings.generated_tokens, "eval_duration": _ns(timings.decode_s)}
 
 
-async def _ndjson(final: dict[str, Any], chat: bool) -> AsyncIterator[str]:
-    """The answer as Ollama streams it: a piece, then the final object with the text moved out of it."""
-    text = final["message"]["content"] if chat else final["response"]
-    piece: dict[str, Any] = {"model": final["model"], "created_at": final["created_at"], "done": False}
-    if chat:
-        yield json.dumps({**piece, "message": {"role": "assistant", "content": text}}) + "\n"
-        yield json.dumps({**final, "message": {"role": "assistant", "content": ""}}) + "\n"
-    else:
-        yield json.dumps({**piece, "response": text}) + "\n"
-        yield json.dumps({**final, "response": ""}) + "\n"
+async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: float) -> AsyncIterator[str]:
+    """Text deltas as Ollama streams them, one JSON object a line, then the final object (``done: true``,
+    durations). A client that disconnects ends the iteration, which cancels the caption."""
+    async for event in events:
+        if isinstance(event, TextDelta) and event.text:
+            piece: dict[str, Any] = {"model": model, "created_at": _now(), "done": False}
+            content = {"message": {"role": "assistant", "content": event.text}} if chat else {"response": event.text}
+            yield json.dumps({**piece, **content}) + "\n"
+        elif isinstance(event, Outcome):
+            if event.error is not None:
+                yield json.dumps({"error": event.error.message}) + "\n"
+                continue
+            final = _final(model, event.result, chat, time.perf_counter() - started)
+            empty = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+            yield json.dumps({**final, **empty}) + "\n"
 
 
 def _model_entry(service: TaskService, name: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
+from llava_edge.events import TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.schema import DETAIL_LEVELS, MAX_TOKENS_LIMIT
 from llava_edge.server.chat import (
@@ -29,10 +30,12 @@ from llava_edge.server.chat import (
     conversation_image,
     conversation_prompt,
     error_status,
+    first_and_rest,
     model_names,
     parse_json_object,
     parse_stop,
 )
+from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
 
 _REFUSED_UNLESS_DEFAULT: dict[str, Any] = {
@@ -54,14 +57,16 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
             call, model, stream = _chat_call(body, service)
         except LlavaEdgeError as err:
             return openai_error(err)
+        if stream:
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
+            if isinstance(first, Outcome) and first.error is not None:
+                return openai_error(first.error)
+            return StreamingResponse(_sse(events, model, usage), media_type="text/event-stream")
         outcome = await service.chat(call, base_url=str(request.base_url))
         if outcome.error is not None:
             return openai_error(outcome.error)
-        answer = _completion(model, outcome.result)
-        if stream:
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_sse(answer, usage), media_type="text/event-stream")
-        return JSONResponse(answer)
+        return JSONResponse(_completion(model, outcome.result))
 
     async def list_models(request: Request) -> Response:
         try:
@@ -79,10 +84,14 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
 def openai_error(error: LlavaEdgeError) -> JSONResponse:
     """An error in OpenAI's shape and status."""
     status = error_status(error)
-    body = {"error": {"message": error.message, "type": _STATUS_TYPES.get(status, "invalid_request_error"),
-                      "param": error.parameter, "code": error.code}}
     headers = {"Retry-After": "2"} if status in (429, 503) else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(openai_error_body(error), status_code=status, headers=headers)
+
+
+def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": error.message, "type": _STATUS_TYPES.get(error_status(error), "invalid_request_error"),
+                      "param": error.parameter, "code": error.code}}
 
 
 def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:
@@ -194,16 +203,26 @@ def _completion(model: str, result: Any) -> dict[str, Any]:
     }
 
 
-async def _sse(answer: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
-    """The answer as ``chat.completion.chunk`` server-sent events, ending with ``data: [DONE]``."""
-    base = {key: answer[key] for key in ("id", "created", "model", "system_fingerprint")}
-    base["object"] = "chat.completion.chunk"
-    choice = answer["choices"][0]
-    deltas = [({"role": "assistant", "content": ""}, None), ({"content": choice["message"]["content"]}, None),
-              ({}, choice["finish_reason"])]
-    for delta, finish in deltas:
-        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        yield f"data: {json.dumps(chunk)}\n\n"
-    if include_usage:
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': answer['usage']})}\n\n"
+async def _sse(events: AsyncIterator[Any], model: str, include_usage: bool) -> AsyncIterator[str]:
+    """Text deltas as ``chat.completion.chunk`` server-sent events as they are generated, ending with
+    ``data: [DONE]``. A client that disconnects ends the iteration, which cancels the caption."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": None}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    async for event in events:
+        if isinstance(event, TextDelta) and event.text:
+            yield chunk({"content": event.text})
+        elif isinstance(event, Outcome):
+            if event.error is not None:
+                yield f"data: {json.dumps(openai_error_body(event.error))}\n\n"
+            else:
+                yield chunk({}, event.result.finish_reason)
+                if include_usage:
+                    usage = _completion(model, event.result)["usage"]
+                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"

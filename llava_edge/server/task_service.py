@@ -26,13 +26,16 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, InvalidStateError
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from llava_edge.errors import InvalidRequestError, LlavaEdgeError, ServerBusyError
+from llava_edge.api import CaptionDone
+from llava_edge.errors import CaptionCancelledError, InvalidRequestError, LlavaEdgeError, ServerBusyError
+from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.images import decode_image_bytes, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, is_uuid4, parse_caption_request, task_identity
@@ -63,6 +66,10 @@ class ChatCall:
     prompt: str
     options: GenerationOptions
     detail: str = "auto"
+    on_event: Callable[[Progress | TextDelta], None] | None = None
+    """Called from the model thread with each progress event and text delta, as they come."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for the answer any more (the client left): the caption stops at its next step."""
 
 
 @dataclass(eq=False)
@@ -75,6 +82,8 @@ class _Job:
     image: bytes | None = None
     """The image's bytes, once read; the job enters the model queue only then."""
     completed: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for this sync task any more: its caption stops at the next step."""
 
 
 class TaskService:
@@ -296,6 +305,25 @@ class TaskService:
         reader.add_done_callback(self._readers.discard)
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
+    async def chat_stream(self, call: ChatCall, *, base_url: str) -> AsyncIterator[Progress | TextDelta | Outcome]:
+        """``chat`` as it happens: progress events and text deltas, then the outcome. Leaving the iteration
+        early (the client disconnected) cancels the caption at its next step."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Progress | TextDelta | Outcome] = asyncio.Queue()
+
+        def forward(event: Progress | TextDelta) -> None:  # from the model thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        streamed = replace(call, on_event=forward)
+        answer = asyncio.ensure_future(self.chat(streamed, base_url=base_url))
+        answer.add_done_callback(lambda done: events.put_nowait(done.result()))
+        try:
+            while not isinstance(item := await events.get(), Outcome):
+                yield item
+            yield item
+        finally:
+            streamed.cancelled.set()
+
     def _admit(self, raw: dict[str, Any], request: CaptionRequest, *, chat: ChatCall | None = None) -> _Job:
         """Register the task and take it in, unless the queue is full or the server is shutting down."""
         ttl = request.ttl if request.ttl is not None else self.settings.result_ttl
@@ -375,7 +403,8 @@ class TaskService:
         if job.chat is not None:
             return self._chat_now(job.chat, job.image)
         try:
-            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.image))
+            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.image,
+                                                   cancelled=job.abandoned))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
         except Exception as err:
@@ -384,12 +413,39 @@ class TaskService:
                             job.request)
 
     def _chat_now(self, call: ChatCall, image: bytes | None) -> Outcome:
+        """Run a chat call's caption as a stream: events go to ``on_event``; a cancelled call stops at the
+        next step (closing the stream cancels the caption)."""
+        source = image if image is not None else call.image
         try:
-            result = self.captioner.describe(image if image is not None else call.image, call.prompt,
-                                             detail=call.detail, options=call.options)
+            with closing(self.captioner.stream(source, call.prompt, detail=call.detail,
+                                               options=call.options)) as events:
+                for event in events:
+                    if call.cancelled.is_set():
+                        raise CaptionCancelledError("The client left; the caption was stopped.")
+                    if isinstance(event, CaptionDone):
+                        return Outcome({"text": event.result.text}, result=event.result)
+                    if call.on_event is not None:
+                        call.on_event(event)
         except LlavaEdgeError as err:
             return Outcome.failure(err)
-        return Outcome({"text": result.text}, result=result)
+        return Outcome.failure(LlavaEdgeError("The caption ended without a result."))
+
+    def abandon(self, task_uuid: str) -> None:
+        """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed
+        without running; a running one is cancelled inside llama.cpp. Async tasks and tasks with a webhook or
+        uploadEndpoint are never abandoned: their results are still wanted."""
+        with self._lock:
+            job = next((job for job in self._jobs if job.request.task_uuid == task_uuid), None)
+            running = job is not None and job is self._running
+        if job is None or job.request.delivery_method == "async" or job.request.webhook_url \
+                or job.request.upload_endpoint:
+            return
+        job.abandoned.set()
+        if running:
+            self.captioner.runtime.cancel()  # also stops a llama.cpp batch under way
+        else:
+            self._complete(job, _failure(CaptionCancelledError("The client left before this task ran."),
+                                         job.request))
 
     def _complete(self, job: _Job, outcome: Outcome) -> bool:
         """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption

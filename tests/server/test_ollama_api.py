@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import ollama
 import pytest
-from support.servers import LiveServer
+from support.servers import LiveServer, wait_until
 
 
 @pytest.fixture
@@ -113,3 +113,28 @@ def test_a_page_on_another_origin_cannot_call_it(serve: Callable[..., LiveServer
     answer = httpx.post(f"{server.http}/api/generate", json={"model": "llava", "prompt": "x"},
                         headers={"Origin": "http://evil.example"})
     assert answer.status_code == 403 and "evil.example" in answer.json()["error"]
+
+
+def test_tokens_stream_as_they_are_generated_and_a_closed_stream_stops_the_caption(
+    serve: Callable[..., LiveServer], png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve()
+    service = server.service
+    outcomes: list[object] = []
+    real_complete = service._complete
+
+    def recorded(job: object, outcome: object) -> bool:
+        outcomes.append(outcome)
+        return real_complete(job, outcome)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_complete", recorded)
+    body = {"model": "llava", "prompt": "Describe.", "images": [b64(png)],
+            "options": {"num_predict": 3000, "temperature": 0}}
+    with httpx.stream("POST", f"{server.http}/api/generate", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        first = [json.loads(next(lines)) for _ in range(3)]  # three token pieces, long before the end
+    assert all(line["done"] is False and "response" in line for line in first)
+    wait_until(lambda: bool(outcomes))
+    error = getattr(outcomes[0], "error", None)
+    assert type(error).__name__ == "CaptionCancelledError", outcomes  # stopped, not run to 3,000 tokens
+    wait_until(lambda: not service.health()["running"])

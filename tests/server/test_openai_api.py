@@ -167,3 +167,14 @@ def test_interleaved_conversations_keep_their_image_prefixes(
             assert len(encodes) == 2  # both follow-ups came from the cache
         finally:
             server.stop()
+
+
+def test_the_stream_carries_one_delta_per_token(serve: Callable[..., LiveServer], png: str) -> None:
+    server = serve()
+    body = {"model": "llava", "messages": ask(png), "max_tokens": 8, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server.http}/v1/chat/completions", json=body, timeout=30) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line and line != "data: [DONE]"]
+    pieces = [chunk["choices"][0]["delta"].get("content", "") for chunk in chunks]
+    whole = httpx.post(f"{server.http}/v1/chat/completions", json={**body, "stream": False}, timeout=30).json()
+    assert len([piece for piece in pieces if piece]) > 1  # generated text arrives token by token
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]

@@ -240,7 +240,7 @@ def test_the_cli_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> N
     from llava_edge.server import app
 
     seen: list[ServerSettings] = []
-    monkeypatch.setattr(cli, "load_captioner", lambda options: type("Stub", (), {"model_name": "stub",
+    monkeypatch.setattr(cli, "load_captioner", lambda options, **changes: type("Stub", (), {"model_name": "stub",
                                                                                    "close": lambda self: None})())
     monkeypatch.setattr(app, "run_server", lambda captioner, settings: seen.append(settings) or True)
     for arguments, private in ((["serve"], False), (["serve", "--allow-private-fetch"], True)):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import wraps
 from typing import Any, TypeVar
@@ -79,6 +77,29 @@ def load_captioner(options: dict[str, Any], **runtime_changes: Any) -> Any:
     return Captioner(**captioner_config(options, **runtime_changes))
 
 
+def photo_options(function: F) -> F:
+    """Where else captions go (the photos extra for XMP): the image, XMP sidecars, dataset files."""
+    choice, path = click.Choice, click.Path(dir_okay=False)
+    flags: list[tuple[str, dict[str, Any]]] = [
+        ("--write-metadata", {"is_flag": True, "help": "Write each caption into its image (XMP, IPTC, EXIF)."}),
+        ("--keywords", {"is_flag": True, "help": "Also ask for keywords; write them as dc:subject/IPTC Keywords."}),
+        ("--xmp-sidecar", {"is_flag": True, "help": "Write an XMP sidecar beside each image."}),
+        ("--xmp-style", {"type": choice(["adobe", "darktable"]), "help": "photo.xmp (adobe) or photo.jpg.xmp."}),
+        ("--sidecar-ext", {"type": choice([".txt", ".caption"]), "help": "A text sidecar with this extension."}),
+        ("--metadata-jsonl", {"type": path, "help": "Hugging Face imagefolder metadata.jsonl (file_name, text)."}),
+        ("--kohya-json", {"type": path, "help": "kohya metadata JSON ({stem: {caption}})."}),
+        ("--prefix", {"default": "", "help": "Trigger words before dataset captions (text, jsonl, kohya)."}),
+        ("--suffix", {"default": "", "help": "Words after dataset captions."}),
+        ("--strip-preamble", {"is_flag": True, "help": 'Drop openers such as "The image shows".'}),
+        ("--if-exists", {"type": choice(["skip", "overwrite", "append"]), "help": "An existing caption: (skip)."}),
+        ("--overwrite", {"is_flag": True, "help": "Short for --if-exists overwrite."}),
+        ("--keep-times", {"is_flag": True, "help": "Keep a rewritten image's modification time."}),
+    ]
+    for flag, kwargs in reversed(flags):
+        function = click.option(flag, **kwargs)(function)
+    return function
+
+
 @click.group()
 @click.version_option(__version__, prog_name="llava-edge")
 def main() -> None:
@@ -102,6 +123,7 @@ def main() -> None:
 @click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
               help="Caption on a Ray cluster: auto, local, or its address (needs llava-edge[ray]).")
 @click.option("--quiet", "-q", is_flag=True, help="No live line or progress bar.")
+@photo_options
 @runtime_options
 @_user_errors
 def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens: int | None,
@@ -112,10 +134,13 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
     One image on a terminal shows a live line (CLIP tiles, prefill tokens, ETA), then the caption as it is
     generated. With --out or --sidecar, captions go to files with a progress bar that shows the image in
     hand's stage, a bad image becomes an error record, and running the same command again skips the images
-    already done. Ctrl-C stops within one prefill batch (exit 130); what was written is complete.
+    already done. Ctrl-C stops within one prefill batch (exit 130); what was written is complete. The photo
+    flags (--write-metadata, --xmp-sidecar, --metadata-jsonl, ...) also write captions into images and datasets.
     """
     from llava_edge.batch.outputs import open_sinks
+    from llava_edge.batch.photo_step import photo_options_for
     from llava_edge.batch.runner import discover_images
+    from llava_edge.batch.signals import stop_on_signals
     from llava_edge.generation import GenerationOptions
 
     if out_format is not None and out is None:
@@ -125,10 +150,12 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
         raise click.UsageError(f"No images found in {', '.join(images)}.")
     given = (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
     changes: dict[str, Any] = {name: value for name, value in given if value is not None}
-    job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes)}
-    to_files = out is not None or sidecar
+    photo = photo_options_for({**options, "sidecar": sidecar}, found, ray=ray_address is not None)
+    sidecar = sidecar and (photo is None or photo.targets.text_sidecar is None)
+    job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes), "photo": photo}
+    to_files = out is not None or sidecar or photo is not None
     live = len(found) == 1 and not (to_files or as_json or quiet or ray_address) and _on_a_terminal()
-    with _stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
+    with stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
                                                 as_json=as_json) as sinks:
         if live:
             summary = _caption_live(found[0], sinks, job, options, stop)
@@ -153,15 +180,19 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
             import_ray()
         except ImportError as err:
             raise click.ClickException(str(err)) from err
-        return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **job,
+        ray_job = {key: value for key, value in job.items() if key != "photo"}  # refused with --ray
+        return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **ray_job,
                               gpus_per_actor=1 if options["device"] == "cuda" else 0,
                               **captioner_config(options, prefix_cache_bytes=0))
+    from llava_edge.batch.photo_step import PhotoStep
     from llava_edge.batch.runner import ImageStage, caption_many, run_batch
 
     stage = ImageStage()
     with load_captioner(options, prefix_cache_bytes=0) as captioner:
-        records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"],
-                               options=job["generation"], skip=sinks.done, on_event=stage, stop=stop)
+        photo = job["photo"] and PhotoStep(job["photo"], model=captioner.model_name, prompt=job["prompt"])
+        records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"], photo=photo,
+                               options=job["generation"], skip=sinks.done if sinks.files else None, on_event=stage,
+                               stop=stop)
         return run_batch(records, sinks, total=len(found), progress=progress, stop=stop, stage=stage)
 
 
@@ -186,30 +217,6 @@ def _on_a_terminal() -> bool:
     from llava_edge.live import is_terminal
 
     return is_terminal(sys.stdout) or is_terminal(sys.stderr)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C or SIGTERM ends a run at the image in hand's next step (a CLIP tile, a prefill batch or a
-    token; that image gets no record), every record written complete and synced; a second one ends the
-    process at once. (A handler that raises could fire inside llama.cpp's log callback, where ctypes
-    swallows the exception.)"""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request_stop(signum: int, frame: Any) -> None:
-        stop.set()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_DFL)
-
-    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _report(summary: Any) -> None:

@@ -73,6 +73,9 @@ class BatchRecord:
     timings: Timings | None = None
     skipped: bool = False
     """Already in the output of an earlier run; nothing was computed or written."""
+    photo: dict[str, Any] | None = None
+    """Where the caption was written besides the output (``PhotoRecord.to_json``); with ``--write-metadata`` and
+    friends only. ``sha256`` is then of the image as the run left it, so that a rerun finds it done."""
 
     @property
     def ok(self) -> bool:
@@ -94,8 +97,9 @@ class BatchRecord:
         if self.error is not None:
             return {**record, "error": self.error}
         timings = asdict(self.timings) if self.timings is not None else None
+        photo = {"photo": self.photo} if self.photo is not None else {}
         return {**record, "model": self.model, "response": self.response, "finishReason": self.finish_reason,
-                "timings": timings}
+                "timings": timings, **photo}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> BatchRecord:
@@ -105,7 +109,17 @@ class BatchRecord:
             image=record["image"], sha256=record.get("sha256"), model=record.get("model"),
             response=record.get("response"), error=record.get("error"), finish_reason=record.get("finishReason"),
             timings=Timings(**{k: v for k, v in timings.items() if k in _TIMING_FIELDS}) if timings else None,
+            photo=record.get("photo"),
         )
+
+
+class PhotoHook(Protocol):
+    """The per-image photo step (``photo_step.PhotoStep``): asked before the model runs, called after."""
+
+    def described(self, image: str) -> bool: ...
+
+    def write(self, captioner: Captioner, image: str, data: bytes, result: CaptionResult, detail: str,
+              options: GenerationOptions | None) -> dict[str, Any]: ...
 
 
 class Sink(Protocol):
@@ -166,6 +180,7 @@ def caption_many(
     skip: Skip | None = None,
     on_event: Callable[[str, Progress | TextDelta], None] | None = None,
     stop: threading.Event | None = None,
+    photo: PhotoHook | None = None,
 ) -> Iterator[BatchRecord]:
     """Caption images one after another with one loaded model, yielding a record as each completes.
 
@@ -184,10 +199,12 @@ def caption_many(
         on_event: ``on_event(name, event)`` for each ``Progress`` and ``TextDelta`` of the image in hand.
         stop: once set, the image in hand is abandoned at its next step (a tile, a prefill batch or a
             token) and the run ends without a record for it.
+        photo: writes each caption into the image, sidecars and dataset files; an image counts as done when
+            ``photo.described`` says so (and ``skip`` too, when given), and its errors become error records.
     """
     owned = captioner is None
     loaded = captioner if captioner is not None else Captioner(model, runtime=BATCH_RUNTIME)
-    job = _Job(prompt, detail, options, on_event, stop)
+    job = _Job(prompt, detail, options, on_event, stop, photo)
     try:
         for image in images:
             if stop is not None and stop.is_set():
@@ -321,6 +338,7 @@ class _Job:
     options: GenerationOptions | None
     on_event: Callable[[str, Progress | TextDelta], None] | None
     stop: threading.Event | None
+    photo: PhotoHook | None = None
 
 
 def _describe(captioner: Captioner, item: ImageItem, data: bytes, job: _Job) -> CaptionResult | None:
@@ -343,23 +361,42 @@ def _caption_one(captioner: Captioner, item: ImageItem, job: _Job, skip: Skip | 
         data, sha256 = read_item(item, captioner.image_limits, captioner.image_store)
     except LlavaEdgeError as err:
         data, sha256, failure = b"", "", err
-    if skip is not None and skip(item.name, lambda: sha256):
+    try:
+        done = _done(item, sha256, job.photo, skip)
+    except LlavaEdgeError as err:
+        done, failure = False, failure or err
+    if done:
         return BatchRecord(item.name, sha256 or None, skipped=True)
     task_uuid = task_uuid_for(item.name, sha256)
     if failure is None:
         try:
             result = _describe(captioner, item, data, job)
+            if result is None:
+                return None
+            photo = None
+            if job.photo is not None:
+                photo = job.photo.write(captioner, item.name, data, result, job.detail, job.options)
+                sha256 = item_digest(item, captioner.image_limits) or sha256
         except LlavaEdgeError as err:
             failure = err
         else:
-            if result is None:
-                return None
             return BatchRecord(
                 item.name, sha256, model=result.model, response=caption_response(task_uuid, result.text),
-                finish_reason=result.finish_reason, timings=result.timings,
+                finish_reason=result.finish_reason, timings=result.timings, photo=photo,
             )
     error = failure.to_runware(task_type=RESPONSE_TASK_TYPE, task_uuid=task_uuid)
     return BatchRecord(item.name, sha256 or None, error=error)
+
+
+def _done(item: ImageItem, sha256: str, photo: PhotoHook | None, skip: Skip | None) -> bool:
+    """Whether an earlier run did this image: ``skip`` says so, and ``photo`` finds it described.
+
+    Raises:
+        LlavaEdgeError: from ``photo.described`` (corrupt metadata, a format that cannot be written).
+    """
+    if photo is None:
+        return skip is not None and skip(item.name, lambda: sha256)
+    return photo.described(item.name) and (skip is None or skip(item.name, lambda: sha256))
 
 
 def _expand(source: str, recursive: bool) -> list[str]:

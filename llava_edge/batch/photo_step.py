@@ -1,0 +1,131 @@
+"""The photo step of a ``caption`` run: before the model runs, whether an image is already described (so a
+rerun skips it); after, keywords from a second question about the same image, then the caption written into
+the image, XMP sidecars and dataset files (``llava_edge.photos.writer``). ``caption_many`` calls it per image
+(``runner.PhotoHook``) and turns its typed errors into error records."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llava_edge.api import Captioner, CaptionResult
+from llava_edge.errors import InvalidRequestError, OutputFileError
+from llava_edge.generation import GenerationOptions
+from llava_edge.photos import exiv2_io
+from llava_edge.photos.caption_text import IfExists, check_if_exists, parse_keywords
+from llava_edge.photos.targets import Targets, TextOptions
+from llava_edge.photos.writer import already_described, write_caption
+from llava_edge.photos.xmp_packet import Marker
+from llava_edge.schema import DEFAULT_PROMPT
+
+KEYWORDS_PROMPT = "List keywords for this image, separated by commas."
+"""The second question ``keywords`` asks, right after the caption, so the image's evaluated prefix is reused."""
+
+
+@dataclass(frozen=True)
+class PhotoOptions:
+    """What the photo step writes, and how (the ``caption`` command's photo flags)."""
+
+    targets: Targets
+    text: TextOptions = field(default_factory=TextOptions)
+    if_exists: IfExists = "skip"
+    keep_times: bool = False
+    keywords: bool = False
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> PhotoOptions | None:
+        """The options from the command's flags (``write_metadata``, ``xmp_sidecar``, ...), or ``None`` when
+        none asks for a photo target.
+
+        Raises:
+            InvalidRequestError: ``--overwrite`` with another ``--if-exists``; ``--keywords`` without an XMP target.
+        """
+        jsonl, kohya = flags.get("metadata_jsonl"), flags.get("kohya_json")
+        targets = Targets(
+            metadata=bool(flags.get("write_metadata")), xmp_sidecar=bool(flags.get("xmp_sidecar")),
+            xmp_style=flags.get("xmp_style") or "adobe", text_sidecar=flags.get("sidecar_ext"),
+            metadata_jsonl=Path(jsonl) if jsonl else None, kohya_json=Path(kohya) if kohya else None,
+        )
+        shaping = any(flags.get(name) for name in ("prefix", "suffix", "strip_preamble", "if_exists", "overwrite"))
+        if flags.get("sidecar") and targets.text_sidecar is None and (targets.any() or shaping):
+            targets = dataclasses.replace(targets, text_sidecar=".txt")  # --sidecar through the same writer
+        if_exists = flags.get("if_exists")
+        if flags.get("overwrite"):
+            if if_exists not in (None, "overwrite"):
+                raise InvalidRequestError(f"--overwrite is short for --if-exists overwrite; it contradicts "
+                                          f"--if-exists {if_exists}.", parameter="ifExists")
+            if_exists = "overwrite"
+        if not targets.any():
+            if shaping or flags.get("keywords") or flags.get("keep_times"):
+                raise InvalidRequestError("--prefix, --suffix, --strip-preamble, --if-exists, --keywords and "
+                                          "--keep-times shape what --write-metadata, --xmp-sidecar, --sidecar(-ext), "
+                                          "--metadata-jsonl or --kohya-json write; add one of those.")
+            return None
+        if flags.get("keywords") and not targets.xmp:
+            raise InvalidRequestError("--keywords go into XMP: add --write-metadata or --xmp-sidecar.",
+                                      parameter="keywords")
+        text = TextOptions(prefix=flags.get("prefix") or "", suffix=flags.get("suffix") or "",
+                           strip_preamble=bool(flags.get("strip_preamble")))
+        return cls(targets, text, check_if_exists(if_exists or "skip"), bool(flags.get("keep_times")),
+                   bool(flags.get("keywords")))
+
+    def check(self, images: list[str]) -> None:
+        """Fail before anything is captioned: the ``photos`` extra is missing, or an input is no local file.
+
+        Raises:
+            MissingExtraError: XMP targets without python-exiv2 (with the install hint).
+            OutputFileError: an input is a URL, a data URI or not a file.
+        """
+        if self.targets.xmp:
+            exiv2_io.module()
+        for image in images:
+            if not os.path.isfile(image):
+                raise OutputFileError(f"Captions are written beside image files, and {image[:200]!r} is not one; "
+                                      "download it first.")
+
+
+def photo_options_for(flags: dict[str, Any], images: list[str], *, ray: bool = False) -> PhotoOptions | None:
+    """``PhotoOptions.from_flags``, checked against the run's images (``PhotoOptions.check``).
+
+    Raises:
+        InvalidRequestError, MissingExtraError, OutputFileError: as those two; ``ray`` with photo targets.
+    """
+    photo = PhotoOptions.from_flags(flags)
+    if photo is not None and ray:
+        raise InvalidRequestError("--ray does not write photo metadata or dataset files yet; leave out one of them.")
+    if photo is not None:
+        photo.check(images)
+    return photo
+
+
+class PhotoStep:
+    """``runner.PhotoHook`` for one loaded model: the marker names it and the prompt(s)."""
+
+    def __init__(self, options: PhotoOptions, *, model: str, prompt: str | None):
+        self.options = options
+        prompts = [prompt or DEFAULT_PROMPT, *([KEYWORDS_PROMPT] if options.keywords else [])]
+        self.marker = Marker(model, "\n".join(prompts))
+
+    def described(self, image: str) -> bool:
+        """Whether writing would change nothing, so the image need not be captioned (``already_described``)."""
+        return already_described(image, self.marker, targets=self.options.targets, if_exists=self.options.if_exists)
+
+    def write(self, captioner: Captioner, image: str, data: bytes, result: CaptionResult, detail: str,
+              options: GenerationOptions | None) -> dict[str, Any]:
+        """Ask for keywords (when on), write the caption everywhere, and return the ``PhotoRecord`` as JSON.
+
+        Raises:
+            LlavaEdgeError: ``PhotoMetadataError`` and the others ``write_caption`` raises, or the keyword
+                question failed.
+        """
+        keywords = None
+        if self.options.keywords:
+            answer = captioner.describe(data, KEYWORDS_PROMPT, detail=detail, options=options)
+            keywords = parse_keywords(answer.text)
+        record = write_caption(image, result.text, keywords, targets=self.options.targets,
+                               if_exists=self.options.if_exists, keep_times=self.options.keep_times,
+                               marker=self.marker, text=self.options.text)
+        return record.to_json()

@@ -19,10 +19,8 @@ Every accepted task is completed exactly once, by the worker or by the drain.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -30,18 +28,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, InvalidStateError
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from llava_edge.api import CaptionDone
 from llava_edge.errors import CaptionCancelledError, InvalidRequestError, LlavaEdgeError, ServerBusyError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.images import decode_image_bytes, read_image_bytes
-from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, is_uuid4, parse_caption_request, task_identity
+from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
 from llava_edge.server.delivery import Deliverer
+from llava_edge.server.image_reading import fetching_from, in_daemon_thread, own_image_uuid
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
+from llava_edge.server.task_errors import failure, internal_error, require_task_uuid, shutdown_failure, unknown_task
 from llava_edge.server.task_results import Outcome, TaskRegistry
 
 if TYPE_CHECKING:
@@ -90,7 +89,7 @@ class TaskService:
     """Answers Runware tasks with one loaded ``Captioner``; see the module docstring."""
 
     def __init__(self, captioner: Captioner, settings: ServerSettings):
-        self.captioner = _fetching_from(captioner, settings)
+        self.captioner = fetching_from(captioner, settings)
         self.settings = settings
         self.registry = TaskRegistry(max_kept=settings.max_kept_results)
         self.auth = AuthGate(settings)
@@ -204,7 +203,7 @@ class TaskService:
             running = self._running
             leftovers = list(self._jobs)
         self._stopping.set()
-        failed = sum(self._complete(job, _shutdown_failure(job, started=job is running)) for job in leftovers)
+        failed = sum(self._complete(job, shutdown_failure(job.request, started=job is running)) for job in leftovers)
         if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
             self.captioner.runtime.cancel()
         if failed:
@@ -219,7 +218,7 @@ class TaskService:
         try:
             handler = self._handlers.get(task_type or "")
             if not isinstance(raw, dict) or handler is None:
-                raise _unknown_task(raw, task_type)
+                raise unknown_task(raw, task_type)
             return await handler(raw, base_url)
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task_type
@@ -227,7 +226,7 @@ class TaskService:
             return Outcome.failure(err)
         except Exception:  # every task is answered, whatever it raised
             _log.exception("task %s failed unexpectedly", task_uuid)
-            return Outcome.failure(_internal_error(task_type, task_uuid))
+            return Outcome.failure(internal_error(task_type, task_uuid))
 
     def authenticate(self, raw: dict[str, Any], client: str) -> Outcome:
         """Check an ``authentication`` task from ``client`` (an address); success answers a fresh
@@ -238,21 +237,21 @@ class TaskService:
             return Outcome.failure(err)
         except Exception:
             _log.exception("authentication task failed unexpectedly")
-            return Outcome.failure(_internal_error(AUTH_TASK_TYPE, None))
+            return Outcome.failure(internal_error(AUTH_TASK_TYPE, None))
         return Outcome({"taskType": AUTH_TASK_TYPE, "connectionSessionUUID": str(uuid.uuid4())})
 
     async def _ping(self, raw: dict[str, Any], base_url: str) -> Outcome:
         return Outcome({"taskType": "ping", "pong": True})
 
     async def _get_response(self, raw: dict[str, Any], base_url: str) -> Outcome:
-        task_uuid = _require_task_uuid(raw)
+        task_uuid = require_task_uuid(raw)
         outcome = self.registry.lookup(task_uuid)
         if outcome is None:
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"})
         return outcome.with_status()
 
     async def _upload(self, raw: dict[str, Any], base_url: str) -> Outcome:
-        task_uuid = _require_task_uuid(raw)
+        task_uuid = require_task_uuid(raw)
         unknown = sorted(set(raw) - {"taskType", "taskUUID", "image"})
         if unknown:
             raise InvalidRequestError(
@@ -351,11 +350,11 @@ class TaskService:
             async with self._read_slots:
                 job.image = await in_daemon_thread(self._read_image, job.request.image, base_url)
         except LlavaEdgeError as err:
-            self._complete(job, _failure(err, job.request))
+            self._complete(job, failure(err, job.request))
             return
         except Exception:
             _log.exception("reading the image of task %s failed unexpectedly", job.request.task_uuid)
-            self._complete(job, Outcome.failure(_internal_error(job.request.task_type, job.request.task_uuid)))
+            self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
             return
         with self._lock:
             if not job.completed.is_set():  # else the drain already failed it
@@ -365,7 +364,7 @@ class TaskService:
         """The bytes of a caption image; this server's own ``/images/<uuid>.<ext>`` URLs are read from the
         image store, not fetched (the fetch policy refuses the server's own, private, address)."""
         limits = replace(self.captioner.image_limits, allow_paths=False)
-        source = _own_image_uuid(image, base_url) or image
+        source = own_image_uuid(image, base_url) or image
         return read_image_bytes(source, limits=limits, store=self.captioner.image_store)
 
     # -- the model worker -----------------------------------------------------------------------
@@ -393,7 +392,7 @@ class TaskService:
                     self._complete(job, self._caption_now(job))
             except Exception:
                 _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-                self._complete(job, Outcome.failure(_internal_error(job.request.task_type, job.request.task_uuid)))
+                self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
             finally:
                 with self._lock:
                     self._running = None
@@ -409,7 +408,7 @@ class TaskService:
             return Outcome.failure(err)
         except Exception as err:
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-            return _failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
+            return failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
                             job.request)
 
     def _chat_now(self, call: ChatCall, image: bytes | None) -> Outcome:
@@ -444,7 +443,7 @@ class TaskService:
         if running:
             self.captioner.runtime.cancel()  # also stops a llama.cpp batch under way
         else:
-            self._complete(job, _failure(CaptionCancelledError("The client left before this task ran."),
+            self._complete(job, failure(CaptionCancelledError("The client left before this task ran."),
                                          job.request))
 
     def _complete(self, job: _Job, outcome: Outcome) -> bool:
@@ -474,96 +473,3 @@ class TaskService:
                     self.deliverer.submit(url, method, outcome.with_status().item)
         except Exception:  # the task is still answered
             _log.exception("keeping or delivering the outcome of task %s failed", request.task_uuid)
-
-
-def _fetching_from(captioner: Captioner, settings: ServerSettings) -> Captioner:
-    """The captioner as the server uses it: the same loaded model, with image URL fetches limited to the
-    settings' ``fetch_hosts`` and fetch policy (``outbound``). A shallow copy, so the caller's own captioner
-    keeps its limits."""
-    if settings.fetch_hosts is None and settings.allow_private_fetch:
-        return captioner
-    view = copy.copy(captioner)
-    limits = captioner.image_limits
-    view.image_limits = replace(limits, transfer=settings.outbound(limits.transfer))
-    return view
-
-
-T = TypeVar("T")
-
-
-
-
-
-async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)`` in a daemon thread of its own. Unlike ``asyncio.to_thread``, a read still blocked
-    on a slow peer never delays the process's exit (the loop's executor is joined at shutdown)."""
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not result.done():
-            outcome()
-
-    def run() -> None:
-        try:
-            value = function(*args)
-        except BaseException as err:
-            failure = err  # ``err`` itself is unbound when the except block ends
-            loop.call_soon_threadsafe(settle, lambda: result.set_exception(failure))
-        else:
-            loop.call_soon_threadsafe(settle, lambda: result.set_result(value))
-
-    threading.Thread(target=run, name="llava-edge-read", daemon=True).start()
-    return await result
-
-
-_OWN_IMAGE_PATH = re.compile(r"/images/([0-9a-fA-F-]{36})\.[a-z]{3,4}")
-
-
-def _own_image_uuid(image: str, base_url: str) -> str | None:
-    """The imageUUID behind a URL of this server's own ``/images/<uuid>.<ext>`` (as the client reached the
-    server), else None."""
-    parts, base = urlsplit(image.strip()), urlsplit(base_url)
-    same_server = parts.scheme in ("http", "https") and parts.netloc.lower() == base.netloc.lower()
-    match = _OWN_IMAGE_PATH.fullmatch(parts.path) if same_server and not parts.query else None
-    return match.group(1).lower() if match and is_uuid4(match.group(1).lower()) else None
-
-
-def _internal_error(task_type: str | None, task_uuid: str | None) -> LlavaEdgeError:
-    error = LlavaEdgeError("Internal error while answering this task; it was logged on the server. Retry it, "
-                           "and report it if it happens again.")
-    error.task_type, error.task_uuid = task_type, task_uuid
-    return error
-
-
-def _shutdown_failure(job: _Job, *, started: bool) -> Outcome:
-    state = "was still running" if started else "had not started"
-    return _failure(ServerBusyError(
-        f"The server shut down while this task {state}; it was not captioned. Send it again when the server is back."
-    ), job.request)
-
-
-def _failure(error: LlavaEdgeError, request: CaptionRequest) -> Outcome:
-    error.task_type, error.task_uuid = request.task_type, request.task_uuid
-    return Outcome.failure(error)
-
-
-def _require_task_uuid(raw: dict[str, Any]) -> str:
-    value = raw.get("taskUUID")
-    if not is_uuid4(value):
-        code = "missingTaskUUID" if value is None else "invalidTaskUUID"
-        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {str(value)[:80]!r}.", code=code,
-                                  parameter="taskUUID")
-    return str(value)
-
-
-def _unknown_task(raw: Any, task_type: str | None) -> InvalidRequestError:
-    if not isinstance(raw, dict):
-        return InvalidRequestError(f"A task must be a JSON object, got {type(raw).__name__}.", code="invalidTask",
-                                   parameter="task")
-    known = "caption, imageCaption, imageUpload, getResponse, ping, authentication"
-    if task_type is None:
-        return InvalidRequestError(f"taskType is required; this server knows {known}.", code="missingTaskType",
-                                   parameter="taskType")
-    return InvalidRequestError(f"Unsupported taskType {task_type[:80]!r}; this server knows {known}.",
-                               code="unsupportedTaskType", parameter="taskType")

@@ -232,10 +232,11 @@ def _report(summary: Any) -> None:
 def info(as_json: bool) -> None:
     """What this machine and the installed llama-cpp-python can do."""
     from llava_edge import machine
+    from llava_edge.runtime.probe import probe_in_child
 
     facts = {
         "llava_edge": __version__,
-        **_probe_backend(),
+        **probe_in_child(),
         "cpu": machine.cpu_model(),
         "cpu_features": machine.cpu_flags(),
         "threads": machine.cpu_count(),
@@ -248,23 +249,6 @@ def info(as_json: bool) -> None:
     for key, value in facts.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:>18}: {shown}")
-
-
-def _probe_backend() -> dict[str, Any]:
-    """What llama-cpp-python can do, asked in a child process: a broken or missing build (a GPU build
-    without its driver, say) is reported here instead of crashing ``info``."""
-    import subprocess
-
-    command = [sys.executable, "-m", "llava_edge.runtime.probe"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode == 0:
-            facts: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-            return facts
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as err:
-        reason = str(err) or type(err).__name__
-    return {"llama_cpp_python": f"unusable ({reason}); reinstall llama-cpp-python"}
 
 
 @main.command()

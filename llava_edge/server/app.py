@@ -16,12 +16,9 @@ import asyncio
 import json
 import logging
 import math
-import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -61,6 +58,7 @@ from llava_edge.server.ollama_api import add_ollama_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
+from llava_edge.server.shutdown import DrainingServer, signals_absorbed
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
@@ -144,52 +142,10 @@ def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
     settings.check()
     app = create_app(captioner, settings)
     service: TaskService = app.state.service
-    server = _DrainingServer(uvicorn_config(app, settings), service)
-    with _signals_absorbed():
+    server = DrainingServer(uvicorn_config(app, settings), service)
+    with signals_absorbed():
         server.run()
     return service.model_idle
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's server that starts the task service's drain as soon as it decides to exit (from the
-    event loop, not inside the signal handler), and stops all waiting on a second signal (uvicorn itself
-    only cuts its own wait short, and only on a second Ctrl-C)."""
-
-    def __init__(self, config: uvicorn.Config, service: TaskService):
-        super().__init__(config)
-        self.service = service
-
-    async def on_tick(self, counter: int) -> bool:
-        should_exit = await super().on_tick(counter)
-        if should_exit:
-            self.service.begin_shutdown()
-        return should_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit:
-            self.force_exit = True
-            self.service.hurry()
-        super().handle_exit(sig, frame)
-
-
-@contextmanager
-def _signals_absorbed() -> Iterator[None]:
-    """uvicorn re-raises the signal that stopped it once it has shut down, which would kill the process
-    with SIGTERM (exit -15) or raise KeyboardInterrupt. Ignore that re-raise; restore the handlers after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    numbers = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, _ignore) for number in numbers}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    _log.debug("signal %d after shutdown ignored", signum)
 
 
 # -- REST -----------------------------------------------------------------------------------------

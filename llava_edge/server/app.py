@@ -52,6 +52,7 @@ from llava_edge.errors import (
     UnknownModelError,
 )
 from llava_edge.schema import is_uuid4, task_identity
+from llava_edge.server.auth import bearer_key
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.guard import RequestGuard
 from llava_edge.server.ollama_api import add_ollama_routes
@@ -185,9 +186,9 @@ async def _read_authenticated_body(request: Request, service: TaskService) -> by
     if request.headers.get("content-length", "").isdigit():
         _check_size(int(request.headers["content-length"]), settings.max_body_bytes)
     chunks = request.stream().__aiter__()
-    header = request.headers.get("authorization", "")
-    if settings.api_key is None or header[:7].lower() == "bearer ":
-        service.auth.verify(client, header[7:].strip() or None)
+    key = bearer_key(request.headers.get("authorization", ""))
+    if settings.api_key is None or key is not None:
+        service.auth.verify(client, key)
         return await _read_up_to(chunks, b"", settings.max_body_bytes, limit_is_error=True)
     prefix = await _read_up_to(chunks, b"", settings.preauth_body_bytes, limit_is_error=False)
     first = first_task(prefix)

@@ -65,3 +65,8 @@ class AuthGate:
         while failures and failures[0] <= horizon:
             failures.popleft()
         return failures
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, else None."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None

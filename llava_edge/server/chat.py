@@ -9,7 +9,9 @@ Mistral's instruction format; a system message opens the first user turn (Mistra
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +25,7 @@ from llava_edge.errors import (
     UnknownModelError,
 )
 from llava_edge.models.catalog import load_registry
+from llava_edge.server.auth import bearer_key
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -100,11 +103,6 @@ def error_status(error: LlavaEdgeError) -> int:
     return 500
 
 
-def bearer_key(authorization: str) -> str | None:
-    """The key of an ``Authorization: Bearer <key>`` header, else None."""
-    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
-
-
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be one JSON object (an empty body is ``{}``).
 
@@ -129,15 +127,32 @@ def parse_stop(value: object, *, limit: int) -> tuple[str, ...]:
     return tuple(stops)
 
 
+@functools.lru_cache(maxsize=8)
+def _registered(model_name: str, registry: str | None) -> tuple[tuple[str, ...], str]:
+    """(aliases, quantization) of a loaded variant, read from its registry once; ``((), "unknown")`` for
+    local or synthetic files that no registry lists."""
+    try:
+        spec = load_registry(registry).resolve(model_name)
+    except LlavaEdgeError:
+        return (), "unknown"
+    return tuple(spec.aliases), spec.quant
+
+
 def model_names(service: TaskService) -> list[str]:
     """The loaded variant's id first, then its aliases and the Ollama-style names."""
     captioner = service.captioner
-    spec_aliases: list[str] = []
-    try:
-        spec_aliases = list(load_registry(captioner.registry).resolve(captioner.model_name).aliases)
-    except LlavaEdgeError:
-        pass
-    return list(dict.fromkeys([captioner.model_name, *spec_aliases, *OLLAMA_STYLE_NAMES]))
+    aliases, _ = _registered(captioner.model_name, _registry_path(service))
+    return list(dict.fromkeys([captioner.model_name, *aliases, *OLLAMA_STYLE_NAMES]))
+
+
+def loaded_quantization(service: TaskService) -> str:
+    """The loaded variant's quantization level (``Q4_K_M``), or ``unknown``."""
+    return _registered(service.captioner.model_name, _registry_path(service))[1]
+
+
+def _registry_path(service: TaskService) -> str | None:
+    registry = service.captioner.registry
+    return None if registry is None else os.fspath(registry)
 
 
 def check_model(name: object, service: TaskService) -> str:
@@ -148,12 +163,12 @@ def check_model(name: object, service: TaskService) -> str:
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
-    wanted = name.strip().lower()
-    if wanted in {known.lower() for known in model_names(service)}:
+    known = model_names(service)
+    if name.strip().lower() in {known_name.lower() for known_name in known}:
         return name
     raise UnknownModelError(
         f"Model {name[:80]!r} is not loaded here; this server serves {service.captioner.model_name} "
-        f"(also called {', '.join(model_names(service)[1:4])}). Restart it with --model to serve another.",
+        f"(also called {', '.join(known[1:4])}). Restart it with --model to serve another.",
         code="modelNotFound",
     )
 
@@ -175,3 +190,18 @@ async def first_and_rest(events: AsyncIterator[T]) -> tuple[T, AsyncIterator[T]]
             yield item
 
     return first, replay()
+
+
+def parse_number(value: object, name: str, low: float, high: float, *, integer: bool,
+                 label: str | None = None) -> Any:
+    """A number (an integer when ``integer``) from ``low`` to ``high``; ``label`` names it in the message.
+
+    Raises:
+        InvalidRequestError: of another type or out of range (``parameter`` is ``name``).
+    """
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise InvalidRequestError(f"{label or name} must be {kind} from {low} to {high}.", code="invalid_value",
+                                  parameter=name)
+    return value

@@ -33,8 +33,10 @@ from llava_edge.server.chat import (
     conversation_prompt,
     error_status,
     first_and_rest,
+    loaded_quantization,
     model_names,
     parse_json_object,
+    parse_number,
     parse_stop,
 )
 from llava_edge.server.task_results import Outcome
@@ -189,10 +191,7 @@ def _option_number(name: str, value: object) -> Any:
               "seed": (0, 2**32 - 1)}
     low, high = ranges[name]
     integer = name in ("num_predict", "top_k", "seed")
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        raise InvalidRequestError(f"options.{name} must be from {low} to {high}.", parameter=name)
-    return value
+    return parse_number(value, name, low, high, integer=integer, label=f"options.{name}")
 
 
 def _check_num_ctx(value: object, service: TaskService) -> None:
@@ -240,20 +239,11 @@ def _model_entry(service: TaskService, name: str) -> dict[str, Any]:
     files = service.captioner.files
     size = sum(path.stat().st_size for path in (files.model_path, files.mmproj_path))
     modified = datetime.fromtimestamp(files.model_path.stat().st_mtime, UTC).isoformat()
-    quant = _quantization(service)
+    quant = loaded_quantization(service)
     details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama", "clip"],
                "parameter_size": "7B", "quantization_level": quant}
     return {"name": name, "model": name, "modified_at": modified, "size": size,
             "digest": hashlib.sha256(f"{files.model_path}:{size}".encode()).hexdigest(), "details": details}
-
-
-def _quantization(service: TaskService) -> str:
-    try:
-        from llava_edge.models.catalog import load_registry
-
-        return load_registry(service.captioner.registry).resolve(service.captioner.model_name).quant
-    except LlavaEdgeError:
-        return "unknown"
 
 
 def _listed_names(service: TaskService) -> list[str]:

@@ -33,6 +33,7 @@ from llava_edge.server.chat import (
     first_and_rest,
     model_names,
     parse_json_object,
+    parse_number,
     parse_stop,
 )
 from llava_edge.server.task_results import Outcome
@@ -172,23 +173,14 @@ def _options(body: dict[str, Any], defaults: GenerationOptions) -> GenerationOpt
     changes: dict[str, Any] = {}
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
-        changes["max_tokens"] = _number(limit, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
+        changes["max_tokens"] = parse_number(limit, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
     for name, field, low, high in (("temperature", "temperature", 0, 2), ("top_p", "top_p", 0, 1),
                                    ("seed", "seed", 0, 2**32 - 1)):
         if body.get(name) is not None:
-            changes[field] = _number(body[name], name, low, high, integer=name == "seed")
+            changes[field] = parse_number(body[name], name, low, high, integer=name == "seed")
     if body.get("stop") is not None:
         changes["stop"] = parse_stop(body["stop"], limit=4)
     return replace(defaults, **changes)
-
-
-def _number(value: object, name: str, low: float, high: float, *, integer: bool) -> Any:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise InvalidRequestError(f"{name} must be {kind} from {low} to {high}.", code="invalid_value",
-                                  parameter=name)
-    return value
 
 
 def _completion(model: str, result: Any) -> dict[str, Any]:

@@ -284,9 +284,7 @@ class TaskService:
     async def _caption(self, raw: dict[str, Any], base_url: str) -> Outcome:
         request = parse_caption_request(raw)
         job = self._admit(raw, request)
-        reader = asyncio.create_task(self._read_then_queue(job, base_url))
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
+        self._start_reading(job, base_url)
         if request.delivery_method == "async":
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
         return await asyncio.shield(asyncio.wrap_future(job.future))
@@ -299,9 +297,7 @@ class TaskService:
             job = self._admit({}, request, chat=call)
         except LlavaEdgeError as err:
             return Outcome.failure(err)
-        reader = asyncio.create_task(self._read_then_queue(job, base_url))
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
+        self._start_reading(job, base_url)
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
     async def chat_stream(self, call: ChatCall, *, base_url: str) -> AsyncIterator[Progress | TextDelta | Outcome]:
@@ -343,6 +339,12 @@ class TaskService:
         if chat is None:
             self.registry.discard(request.task_uuid)
         raise refused
+
+    def _start_reading(self, job: _Job, base_url: str) -> None:
+        """Read the job's image in the background (kept referenced until done), then queue it."""
+        reader = asyncio.create_task(self._read_then_queue(job, base_url))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
 
     async def _read_then_queue(self, job: _Job, base_url: str) -> None:
         """Read the job's image outside the model thread (bounded pool), then queue it for the model."""

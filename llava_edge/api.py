@@ -92,6 +92,7 @@ class Captioner:
             cache_dir=cache_dir, offline=offline, quantize=quantize_gguf,
         )
         self.registry = registry
+        self.cache_dir = cache_dir
         self.generation = generation or GenerationOptions()
         self.image_limits = image_limits or ImageLimits()
         self.image_store = image_store or ImageStore()
@@ -101,6 +102,19 @@ class Captioner:
     @property
     def model_name(self) -> str:
         return self.files.name
+
+    def another(self, model: str) -> Captioner:
+        """A ``Captioner`` for another model already on this machine, with this one's settings (runtime,
+        generation defaults, image limits and store, cost model). Nothing is downloaded.
+
+        Raises:
+            ModelNotCachedError: the model's files are not here; UnknownModelError, ModelFileError.
+        """
+        return Captioner(
+            model, runtime=self.runtime.options, generation=self.generation, registry=self.registry,
+            cache_dir=self.cache_dir, offline=True, image_limits=self.image_limits, image_store=self.image_store,
+            cost_model=self.cost_model,
+        )
 
     def close(self) -> None:
         self.runtime.close()
@@ -113,8 +127,8 @@ class Captioner:
 
     def stream(
         self,
-        image: ImageInput,
-        prompt: str | None = None,
+        image: ImageInput | list[ImageInput],
+        prompt: str | list[str] | None = None,
         *,
         task_uuid: str | None = None,
         include_cost: bool = False,
@@ -130,6 +144,10 @@ class Captioner:
         ``CaptionDone`` with the result and the Runware response item. The image is read at the first
         step, and the model is held until the last.
 
+        Several images (a conversation that shows more than one) are given as a list, with ``prompt`` a
+        list of as many texts: text ``i`` follows image ``i`` in the prompt. Together they must fit the
+        context (``ContextOverflowError`` gives the numbers).
+
         Closing the iterator (or leaving a ``for`` loop over it) stops the caption at the next step
         (between two tiles, two prefill batches or two tokens); the next caption runs as on a fresh
         model. ``Captioner.runtime.cancel()`` stops it from another thread (``CaptionCancelledError``).
@@ -137,14 +155,20 @@ class Captioner:
         Raises:
             LlavaEdgeError: as ``describe``, from the iteration.
         """
-        picture = prepare_image(load_image(image, limits=limits or self.image_limits, store=self.image_store), detail)
-        with closing(self.runtime.stream(picture, prompt or DEFAULT_PROMPT, options or self.generation)) as events:
+        pictures = self._pictures(image, detail, limits or self.image_limits)
+        text = prompt or DEFAULT_PROMPT
+        with closing(self.runtime.stream(pictures, text, options or self.generation)) as events:
             for event in events:
                 if not isinstance(event, Generation):
                     yield event
                     continue
                 result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name)
                 yield CaptionDone(result, self._response(task_uuid or str(uuid.uuid4()), result, include_cost))
+
+    def _pictures(self, image: ImageInput | list[ImageInput], detail: str, limits: ImageLimits) -> list[Image.Image]:
+        """The image (or each of several, given as a list) read and prepared for ``detail``."""
+        sources = image if isinstance(image, list) else [image]
+        return [prepare_image(load_image(source, limits=limits, store=self.image_store), detail) for source in sources]
 
     def describe(
         self,

@@ -17,6 +17,8 @@ ENCODE = "encode"
 """Stage: CLIP encodes image tiles (``done``/``total`` count tiles)."""
 PREFILL = "prefill"
 """Stage: image embeddings and prompt text are evaluated into the context (``done``/``total`` count tokens)."""
+LOAD = "load"
+"""Stage: a server swaps another model in before the caption (``done``/``total``: 0/1, then 1/1)."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Progress:
     """How far one stage of a caption has come."""
 
     stage: str
-    """``ENCODE`` (tiles) or ``PREFILL`` (prompt tokens)."""
+    """``ENCODE`` (tiles), ``PREFILL`` (prompt tokens) or ``LOAD`` (a model swapped in)."""
     done: int
     total: int
     elapsed_s: float

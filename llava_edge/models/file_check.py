@@ -72,7 +72,7 @@ _SCALARS = {
 _SHORT_ARRAY = 64
 """Arrays up to this length are kept (pinpoints, image mean/std); longer ones only counted (vocabularies)."""
 _MAX_DIMS, _MIN_KV_BYTES, _MIN_TENSOR_INFO_BYTES = 4, 8 + 4 + 1, 8 + 4 + 4 + 8  # ggml's rank; smallest entries
-_REDOWNLOAD = "Delete it and download it again (llava-edge models pull), or use the file published with the model."
+_REDOWNLOAD = "Delete it and download it again (`llava-edge pull VARIANT`), or use the file published with the model."
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ def _check_magic(buffer: mmap.mmap, role: str, path: Path) -> None:
         return
     if start.startswith(b"version https://git-lfs"):
         raise _problem(role, path, "is a Git LFS pointer, not the model",
-                       "Fetch the real file with `git lfs pull`, or download it with llava-edge models pull.")
+                       "Fetch the real file with `git lfs pull`, or download it with `llava-edge pull VARIANT`.")
     hint = " (it looks like a web page: a failed download saved an error page)" if start.lstrip()[:1] == b"<" else ""
     if not start.strip(b"\0"):  # llama.cpp's quantizer writes the header last; some downloaders preallocate
         hint = " (it begins with zeros: it is still being written, or a download preallocated it and stopped)"

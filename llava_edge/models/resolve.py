@@ -85,6 +85,26 @@ def list_variants(
     ]
 
 
+def installed_models(
+    *, registry: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """Every name that loads a model already on this machine, mapped to the model it loads: each
+    downloaded variant's id and aliases (AIR ids among them), and ``synthetic-<preset>`` for each built synthetic pair.
+    Nothing is downloaded or built. The model ids come first, in registry order."""
+    from llava_edge.models.download import Target, hub_cache_dir, is_downloaded
+    from llava_edge.models.synthetic import NAME_PREFIX, built_synthetic_presets
+
+    loaded = load_registry(registry)
+    target = Target(hub_cache_dir(cache_dir), None)
+    present = [spec for spec in loaded.models.values() if is_downloaded(spec, target)]
+    names = {spec.id: spec.id for spec in present}
+    names.update({NAME_PREFIX + preset: NAME_PREFIX + preset for preset in built_synthetic_presets()})
+    for spec in present:
+        names.update({alias: spec.id for alias in spec.aliases})
+        names.update({alias: target_id for alias, target_id in loaded.aliases.items() if target_id == spec.id})
+    return names
+
+
 def _local_files(
     model_path: str | os.PathLike[str] | None, mmproj_path: str | os.PathLike[str] | None, registry: object
 ) -> ModelFiles:

@@ -195,6 +195,13 @@ def build_synthetic_pair(
     return ModelFiles(target / MODEL_FILE, target / MMPROJ_FILE, TEMPLATE, NAME_PREFIX + spec.name)
 
 
+def built_synthetic_presets(*, cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> list[str]:
+    """The presets whose pair is already built in the cache (nothing is built), smallest first."""
+    root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "synthetic"
+    return [name for name, spec in PRESETS.items()
+            if _is_complete(root / f"{spec.name}-seed{seed}-v{FORMAT_VERSION}")]
+
+
 def text_tensors(shape: TextShape) -> list[TensorSpec]:
     """The text model's tensors: 2-D weights f16, RMS norms f32."""
     n_embd, n_ff = shape.n_embd, shape.n_ff

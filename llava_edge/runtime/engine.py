@@ -12,7 +12,7 @@ import ctypes
 import hashlib
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from typing import Any, Self
 
@@ -129,18 +129,28 @@ class LlavaRuntime:
         """The text of a token sequence."""
         return b"".join(token_piece(self._vocab, token) for token in tokens).decode("utf-8", "replace")
 
-    def prompt_text(self, prompt: str) -> str:
-        """The full prompt as fed to libmtmd: the pinned template with the media marker for the image."""
-        safe_prompt = prompt.replace(self._marker, "")
-        return self.files.template.replace("{image}", self._marker).replace("{prompt}", safe_prompt)
+    def prompt_text(self, prompt: str | Sequence[str]) -> str:
+        """The full prompt as fed to libmtmd: the pinned template with the media marker for the image.
 
-    def layout(self, image: Image.Image, prompt: str) -> list[PromptChunk]:
+        ``prompt`` is one text, or one text per image (several images): text ``i`` follows image ``i``, the
+        first image sits where the template puts it and each later one right before its text. Markers
+        inside the texts are removed, so a prompt cannot add images of its own."""
+        parts = [prompt] if isinstance(prompt, str) else list(prompt)
+        safe = [part.replace(self._marker, "") for part in parts]
+        text = safe[0] + "".join(self._marker + part for part in safe[1:])
+        return self.files.template.replace("{image}", self._marker).replace("{prompt}", text)
+
+    def layout(self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]) -> list[PromptChunk]:
         """Tokenize without evaluating: the text tokens and image token counts the model would see."""
-        with self._lock, Tokenized(self._mtmd, image, self.prompt_text(prompt)) as tokenized:
+        images, text = _checked(image, prompt)
+        with self._lock, Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
             return tokenized.layout()
 
-    def generate(self, image: Image.Image, prompt: str, options: GenerationOptions | None = None) -> Generation:
-        """Caption ``image`` (RGB) following ``prompt``.
+    def generate(
+        self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str],
+        options: GenerationOptions | None = None,
+    ) -> Generation:
+        """Caption ``image`` (RGB) following ``prompt``; several images take one text each (``prompt_text``).
 
         Raises:
             ContextOverflowError: image + prompt + max_tokens exceed n_ctx (raised before any compute).
@@ -154,7 +164,8 @@ class LlavaRuntime:
         raise AssertionError("the caption ended without a result")  # pragma: no cover
 
     def stream(
-        self, image: Image.Image, prompt: str, options: GenerationOptions | None = None
+        self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str],
+        options: GenerationOptions | None = None,
     ) -> Generator[RuntimeEvent, None, None]:
         """Caption ``image`` as ``generate`` does, reporting as it goes: ``Progress`` of the CLIP encode (per
         tile) and of the prefill (per batch), a ``TextDelta`` per generated token, and the ``Generation``
@@ -165,14 +176,17 @@ class LlavaRuntime:
             The errors of ``generate``, from the iteration.
         """
         options = options or GenerationOptions()
+        images, text = _checked(image, prompt)
         generation: Generation | None = None
         with self._lock:
+            if self._ctx is None:
+                raise RuntimeBackendError("This model was closed; load it again to caption.")
             self._cancelled.clear()
             llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
             started = time.perf_counter()
-            with Tokenized(self._mtmd, image, self.prompt_text(prompt)) as tokenized:
+            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
                 layout = tokenized.layout()
-                self._check_budget(layout, options.max_tokens)
+                self._check_budget(layout, options.max_tokens, len(images))
                 stages = yield from self._evaluate(tokenized)
             raise_if_interrupted()
             self._raise_if_cancelled()
@@ -188,14 +202,16 @@ class LlavaRuntime:
         assert generation is not None
         yield generation  # after the lock is released: the model is free once the result is out
 
-    def _check_budget(self, layout: list[PromptChunk], max_tokens: int) -> None:
+    def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int) -> None:
         image, prompt = image_tokens(layout), prompt_tokens(layout)
         if prompt + max_tokens > self.n_ctx:
             blamed = "maxTokens" if prompt < self.n_ctx else "prompt"
+            images = "image" if n_images == 1 else f"{n_images} images"
             raise ContextOverflowError(
-                f"The image ({image} tokens) plus prompt ({prompt - image} tokens) plus "
+                f"The {images} ({image} tokens) plus prompt ({prompt - image} tokens) plus "
                 f"max_tokens ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
-                "Lower max_tokens, use detail=\"low\", or load the model with a larger n_ctx.",
+                f"{'Send fewer images, use' if n_images > 1 else 'Lower max_tokens, use'} detail=\"low\", "
+                "or load the model with a larger n_ctx.",
                 parameter=blamed,
             )
 
@@ -287,6 +303,18 @@ class LlavaRuntime:
         stages["image_prefill_s"] = time.perf_counter() - began
         stages["prefix_cache_hit"] = True
         return state.n_past
+
+
+def _checked(
+    image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]
+) -> tuple[list[Image.Image], str | list[str]]:
+    """The images as a list, and the prompt: one text, or one text per image."""
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    if not images:
+        raise ValueError("give at least one image")
+    if not isinstance(prompt, str) and len(prompt) != len(images):
+        raise ValueError(f"give one prompt text per image: {len(images)} images, {len(prompt)} texts")
+    return images, prompt if isinstance(prompt, str) else list(prompt)
 
 
 class _Meter:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 
 import llama_cpp
@@ -20,20 +20,35 @@ from llava_edge.generation import PromptChunk
 
 
 class Tokenized:
-    """libmtmd chunks for one (image, prompt text) pair; frees the bitmap and chunks on exit."""
+    """libmtmd chunks for (images, prompt text): the text holds one media marker per image, in order;
+    frees the bitmaps and chunks on exit."""
 
-    def __init__(self, mtmd_context: Any, image: Image.Image, prompt_text: str):
-        self.bitmap, self.image_key = _bitmap(image)
+    def __init__(self, mtmd_context: Any, images: Sequence[Image.Image], prompt_text: str):
+        self.bitmaps: list[Any] = []
         self.chunks = mtmd.mtmd_input_chunks_init()
-        text = prompt_text.encode("utf-8")
-        tokens = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=False)
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(self.bitmap)
-        status = mtmd.mtmd_tokenize(mtmd_context, self.chunks, ctypes.byref(tokens), bitmaps, 1)
-        if status != 0:
+        try:
+            keys = []
+            for image in images:
+                bitmap, key = _bitmap(image)
+                self.bitmaps.append(bitmap)
+                keys.append(key)
+            text = prompt_text.encode("utf-8")
+            tokens = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=False)
+            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(self.bitmaps))(*self.bitmaps)
+            status = mtmd.mtmd_tokenize(mtmd_context, self.chunks, ctypes.byref(tokens), bitmaps, len(self.bitmaps))
+            if status != 0:
+                raise RuntimeBackendError(f"libmtmd could not tokenize the prompt and image (status {status}).")
+        except BaseException:
             self.__exit__()
-            raise RuntimeBackendError(f"libmtmd could not tokenize the prompt and image (status {status}).")
+            raise
         self.count = int(mtmd.mtmd_input_chunks_size(self.chunks))
         self.prefix_end = self._prefix_end()
+        self.image_key = keys[0] if len(keys) == 1 else self._joined_key(keys)
+
+    def _joined_key(self, keys: list[str]) -> str:
+        """Several images: their keys in order and the text between them (all of the prefix that varies)."""
+        between = [self.text_tokens(index) for index in range(1, self.prefix_end) if not self.is_image(index)]
+        return hashlib.sha256(f"{'+'.join(keys)}|{between}".encode()).hexdigest()
 
     def chunk(self, index: int) -> Any:
         return mtmd.mtmd_input_chunks_get(self.chunks, index)
@@ -53,9 +68,9 @@ class Tokenized:
         if self.chunks is not None:
             mtmd.mtmd_input_chunks_free(self.chunks)
             self.chunks = None
-        if self.bitmap is not None:
-            mtmd.mtmd_bitmap_free(self.bitmap)
-            self.bitmap = None
+        for bitmap in self.bitmaps:
+            mtmd.mtmd_bitmap_free(bitmap)
+        self.bitmaps = []
 
     def layout(self) -> list[PromptChunk]:
         """The text tokens and image token counts, chunk by chunk."""

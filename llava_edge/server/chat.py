@@ -24,7 +24,8 @@ from llava_edge.errors import (
     TooManyAttemptsError,
     UnknownModelError,
 )
-from llava_edge.models.catalog import load_registry
+from llava_edge.models.catalog import ModelFiles, load_registry
+from llava_edge.models.resolve import installed_models, model_files
 from llava_edge.server.auth import bearer_key
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ T = TypeVar("T")
 OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
                       "llava:7b-v1.6-mistral")
 """Names Ollama users type for this model; all mean the loaded variant."""
+MAX_CONVERSATION_IMAGES = 8
+"""Different images one conversation may show: each takes 576 to 2,880 tokens of the context, so more
+cannot fit the default n_ctx anyway; the bound stops a request naming hundreds of URLs before any is read."""
 
 
 @dataclass(frozen=True)
@@ -47,30 +51,33 @@ class Turn:
     images: tuple[str, ...] = ()
 
 
-def conversation_image(turns: list[Turn]) -> str:
-    """The one image of a conversation (it may be resent in several turns).
+def conversation_images(turns: list[Turn]) -> tuple[str, ...]:
+    """The different images of a conversation, in the order they first appear (chat clients resend each
+    image with the history: a resent image counts once).
 
     Raises:
-        InvalidRequestError: no image, or more than one different image.
+        InvalidRequestError: no image, or more than ``MAX_CONVERSATION_IMAGES``.
     """
-    images = list(dict.fromkeys(image for turn in turns for image in turn.images))
+    images = tuple(dict.fromkeys(image for turn in turns for image in turn.images))
     if not images:
         raise InvalidRequestError(
             "This model captions images: attach one (an image_url part, or images in an Ollama message).",
             code="missingImage", parameter="messages",
         )
-    if len(images) > 1:
+    if len(images) > MAX_CONVERSATION_IMAGES:
         raise InvalidRequestError(
-            f"The conversation holds {len(images)} different images; this server answers about one image per "
-            "conversation. Start a new conversation for the next image.",
+            f"The conversation holds {len(images)} different images; at most {MAX_CONVERSATION_IMAGES} fit one "
+            "context. Start a new conversation for the next images.",
             code="tooManyImages", parameter="messages",
         )
-    return images[0]
+    return images
 
 
-def conversation_prompt(turns: list[Turn]) -> str:
-    """The text after the image: earlier turns in Mistral's format, ending with the last user message
-    (the template closes it with ``[/INST]``).
+def conversation_prompt(turns: list[Turn]) -> tuple[str, ...]:
+    """The text after each image of ``conversation_images``: earlier turns in Mistral's format, ending with
+    the last user message (the template closes it with ``[/INST]``). The first image opens the prompt (the
+    template puts it there); a later image goes at the start of the user turn that first shows it, so text
+    ``i`` is everything between image ``i`` and the next one.
 
     Raises:
         InvalidRequestError: no user message last, or an unknown role.
@@ -84,14 +91,18 @@ def conversation_prompt(turns: list[Turn]) -> str:
     if not dialogue or dialogue[-1].role != "user":
         raise InvalidRequestError("The last message must be the user's question.", code="invalidMessages",
                                   parameter="messages")
-    parts: list[str] = []
-    for turn in dialogue:
-        if turn.role == "user":
-            parts.append(f"{turn.text.strip()}" if not parts else f"[INST] {turn.text.strip()}")
-        else:
-            parts.append(f" [/INST] {turn.text.strip()}</s>")
-    prompt = "".join(parts)
-    return f"{system}\n\n{prompt}" if system else prompt
+    texts, seen = [f"{system}\n\n" if system else ""], set(conversation_images(turns)[:1])
+    for index, turn in enumerate(dialogue):
+        if turn.role == "assistant":
+            texts[-1] += f" [/INST] {turn.text.strip()}</s>"
+            continue
+        texts[-1] += "[INST] " if index else ""
+        for image in turn.images:
+            if image not in seen:
+                seen.add(image)
+                texts.append("\n")
+        texts[-1] += turn.text.strip()
+    return tuple(texts)
 
 
 def error_status(error: LlavaEdgeError) -> int:
@@ -129,8 +140,8 @@ def parse_stop(value: object, *, limit: int) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _registered(model_name: str, registry: str | None) -> tuple[tuple[str, ...], str]:
-    """(aliases, quantization) of a loaded variant, read from its registry once; ``((), "unknown")`` for
-    local or synthetic files that no registry lists."""
+    """(aliases, quantization) of a variant, read from its registry once; ``((), "unknown")`` for local or
+    synthetic files that no registry lists."""
     try:
         spec = load_registry(registry).resolve(model_name)
     except LlavaEdgeError:
@@ -138,16 +149,30 @@ def _registered(model_name: str, registry: str | None) -> tuple[tuple[str, ...],
     return tuple(spec.aliases), spec.quant
 
 
-def model_names(service: TaskService) -> list[str]:
-    """The loaded variant's id first, then its aliases and the Ollama-style names."""
+def resident_names(service: TaskService) -> list[str]:
+    """The resident model's id first, then its aliases and the Ollama-style names."""
     captioner = service.captioner
     aliases, _ = _registered(captioner.model_name, _registry_path(service))
     return list(dict.fromkeys([captioner.model_name, *aliases, *OLLAMA_STYLE_NAMES]))
 
 
-def loaded_quantization(service: TaskService) -> str:
-    """The loaded variant's quantization level (``Q4_K_M``), or ``unknown``."""
-    return _registered(service.captioner.model_name, _registry_path(service))[1]
+def installed_model_ids(service: TaskService) -> list[str]:
+    """The models on this machine that a request may name, the resident one first."""
+    resident = service.captioner.files.model_path
+    others = [model for model in dict.fromkeys(_installed(service).values())
+              if installed_files(model, service).model_path != resident]
+    return [service.captioner.model_name, *others]
+
+
+def model_names(service: TaskService) -> list[str]:
+    """Every name a request may give: the installed models' ids (resident first), then the resident's
+    aliases and Ollama-style names."""
+    return list(dict.fromkeys([*installed_model_ids(service), *resident_names(service)]))
+
+
+def quantization_of(model_name: str, service: TaskService) -> str:
+    """A model's quantization level (``Q4_K_M``), or ``unknown``."""
+    return _registered(model_name, _registry_path(service))[1]
 
 
 def _registry_path(service: TaskService) -> str | None:
@@ -155,22 +180,53 @@ def _registry_path(service: TaskService) -> str | None:
     return None if registry is None else os.fspath(registry)
 
 
+def _installed(service: TaskService) -> dict[str, str]:
+    captioner = service.captioner
+    cache_dir = None if captioner.cache_dir is None else os.fspath(captioner.cache_dir)
+    return installed_models(registry=_registry_path(service), cache_dir=cache_dir)
+
+
 def check_model(name: object, service: TaskService) -> str:
-    """The requested model name when it names the loaded model.
+    """The requested model name when it names the resident model or another installed one.
 
     Raises:
-        UnknownModelError: another or an unknown model.
+        UnknownModelError: a model that is not on this machine.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
-    known = model_names(service)
-    if name.strip().lower() in {known_name.lower() for known_name in known}:
+    if swap_target(name, service) is not None or name.strip().lower() in _lowered(resident_names(service)):
         return name
+    installed = installed_model_ids(service)
     raise UnknownModelError(
-        f"Model {name[:80]!r} is not loaded here; this server serves {service.captioner.model_name} "
-        f"(also called {', '.join(known[1:4])}). Restart it with --model to serve another.",
+        f"Model {name[:80]!r} is not on this machine. Installed: {', '.join(installed[:8])}; "
+        f"{installed[0]} is loaded (also called {', '.join(resident_names(service)[1:4])}). "
+        "Name one of these, or download another with `llava-edge pull VARIANT`.",
         code="modelNotFound",
     )
+
+
+def swap_target(name: str, service: TaskService) -> str | None:
+    """The installed model to swap in for a request naming ``name``; None when it names the resident one
+    (or nothing installed)."""
+    key = name.strip().lower()
+    if key in _lowered(resident_names(service)):
+        return None
+    target = {known.lower(): model for known, model in _installed(service).items()}.get(key)
+    if target is None or target == service.captioner.model_name:
+        return None
+    return None if installed_files(target, service).model_path == service.captioner.files.model_path else target
+
+
+def installed_files(name: str, service: TaskService) -> ModelFiles:
+    """The files of an installed model, found without loading, downloading or building anything."""
+    captioner = service.captioner
+    if name == captioner.model_name:
+        return captioner.files
+    return model_files(name, registry=captioner.registry, cache_dir=captioner.cache_dir, offline=True)
+
+
+def _lowered(names: list[str]) -> set[str]:
+    return {name.lower() for name in names}
 
 
 def authenticate_request(request: Request, service: TaskService) -> None:

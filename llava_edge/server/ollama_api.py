@@ -29,15 +29,18 @@ from llava_edge.server.chat import (
     Turn,
     authenticate_request,
     check_model,
-    conversation_image,
+    conversation_images,
     conversation_prompt,
     error_status,
     first_and_rest,
-    loaded_quantization,
-    model_names,
+    installed_files,
+    installed_model_ids,
     parse_json_object,
     parse_number,
     parse_stop,
+    quantization_of,
+    resident_names,
+    swap_target,
 )
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
@@ -58,8 +61,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
         return await _answer(request, service, chat=True)
 
     async def tags(request: Request) -> Response:
-        return _guarded(request, service, lambda: {"models": [_model_entry(service, name)
-                                                                for name in _listed_names(service)]})
+        return _guarded(request, service, lambda: {"models": _tags(service)})
 
     async def show(request: Request) -> Response:
         try:
@@ -68,7 +70,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
             name = check_model(body.get("model", body.get("name")), service)
         except LlavaEdgeError as err:
             return ollama_error(err)
-        entry = _model_entry(service, name)
+        entry = _model_entry(service, swap_target(name, service) or service.captioner.model_name)
         return JSONResponse({"modelfile": "", "parameters": "", "template": service.captioner.files.template,
                              "details": entry["details"], "model_info": {"general.architecture": "llama"},
                              "capabilities": ["completion", "vision"], "modified_at": entry["modified_at"]})
@@ -112,7 +114,8 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         stream = body.get("stream", True)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream must be true or false.", parameter="stream")
-        call = ChatCall(conversation_image(turns), conversation_prompt(turns), options)
+        call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
+                        model=swap_target(model, service))
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
@@ -236,19 +239,24 @@ async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: f
 
 
 def _model_entry(service: TaskService, name: str) -> dict[str, Any]:
-    files = service.captioner.files
+    """Ollama's description of an installed model (``name`` is its id)."""
+    files = installed_files(name, service)
     size = sum(path.stat().st_size for path in (files.model_path, files.mmproj_path))
     modified = datetime.fromtimestamp(files.model_path.stat().st_mtime, UTC).isoformat()
-    quant = loaded_quantization(service)
     details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama", "clip"],
-               "parameter_size": "7B", "quantization_level": quant}
+               "parameter_size": "7B", "quantization_level": quantization_of(name, service)}
     return {"name": name, "model": name, "modified_at": modified, "size": size,
             "digest": hashlib.sha256(f"{files.model_path}:{size}".encode()).hexdigest(), "details": details}
 
 
-def _listed_names(service: TaskService) -> list[str]:
-    names = model_names(service)
-    return [names[0], *[name for name in names[1:] if ":" in name]]
+def _tags(service: TaskService) -> list[dict[str, Any]]:
+    """The installed models (the resident one first), then the resident one under its Ollama-style names
+    (``llava:7b``): clients that look for the name they were configured with find it."""
+    installed = installed_model_ids(service)
+    tagged = [name for name in resident_names(service) if ":" in name and name not in installed]
+    resident = _model_entry(service, installed[0])
+    return [_model_entry(service, name) for name in installed] + [{**resident, "name": name, "model": name}
+                                                                   for name in tagged]
 
 
 def _guarded(request: Request, service: TaskService, answer: Any) -> Response:

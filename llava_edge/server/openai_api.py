@@ -20,21 +20,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
-from llava_edge.events import TextDelta
+from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.schema import DETAIL_LEVELS, MAX_TOKENS_LIMIT
 from llava_edge.server.chat import (
     Turn,
     authenticate_request,
     check_model,
-    conversation_image,
+    conversation_images,
     conversation_prompt,
     error_status,
     first_and_rest,
-    model_names,
+    installed_model_ids,
     parse_json_object,
     parse_number,
     parse_stop,
+    resident_names,
+    swap_target,
 )
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
@@ -59,11 +61,12 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
         except LlavaEdgeError as err:
             return openai_error(err)
         if stream:
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            usage, progress = _stream_flags(body.get("stream_options"))
             first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
             if isinstance(first, Outcome) and first.error is not None:
                 return openai_error(first.error)
-            return StreamingResponse(_sse(events, model, usage), media_type="text/event-stream")
+            return StreamingResponse(_sse(events, model, usage, include_progress=progress),
+                                     media_type="text/event-stream")
         outcome = await service.chat(call, base_url=str(request.base_url))
         if outcome.error is not None:
             return openai_error(outcome.error)
@@ -74,12 +77,20 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
             authenticate_request(request, service)
         except LlavaEdgeError as err:
             return openai_error(err)
-        names = model_names(service)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llava-edge"} for name in names]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": _model_list(service)})
 
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
     app.add_api_route("/v1/models", list_models, methods=["GET"], include_in_schema=False)
+
+
+def _model_list(service: TaskService) -> list[dict[str, Any]]:
+    """The installed models (the resident one first; ``resident`` says which is loaded), then the other
+    names of the resident one (its aliases and Ollama-style names)."""
+    installed = installed_model_ids(service)
+    entry: dict[str, Any] = {"object": "model", "created": 0, "owned_by": "llava-edge"}
+    models = [{"id": name, **entry, "resident": index == 0} for index, name in enumerate(installed)]
+    others = [name for name in resident_names(service) if name not in installed]
+    return models + [{"id": name, **entry} for name in others]
 
 
 def openai_error(error: LlavaEdgeError) -> JSONResponse:
@@ -103,7 +114,8 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
-    call = ChatCall(conversation_image(turns), conversation_prompt(turns), options, detail)
+    call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
+                    model=swap_target(model, service))
     return call, model, stream
 
 
@@ -195,9 +207,14 @@ def _completion(model: str, result: Any) -> dict[str, Any]:
     }
 
 
-async def _sse(events: AsyncIterator[Any], model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[Any], model: str, include_usage: bool, *,
+               include_progress: bool = False) -> AsyncIterator[str]:
     """Text deltas as ``chat.completion.chunk`` server-sent events as they are generated, ending with
-    ``data: [DONE]``. A client that disconnects ends the iteration, which cancels the caption."""
+    ``data: [DONE]``. A client that disconnects ends the iteration, which cancels the caption.
+
+    With ``include_progress`` (``stream_options.include_progress``, a llava-edge extension the page uses) the
+    stream also carries ``event: progress`` events, each ``{"stage", "done", "total", "elapsed_s", "eta_s"}``
+    (``stage``: ``load``, ``encode`` or ``prefill``), before the text. Without it the stream is plain OpenAI."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model, "system_fingerprint": None}
 
@@ -209,6 +226,8 @@ async def _sse(events: AsyncIterator[Any], model: str, include_usage: bool) -> A
     async for event in events:
         if isinstance(event, TextDelta) and event.text:
             yield chunk({"content": event.text})
+        elif isinstance(event, Progress) and include_progress:
+            yield progress_event(event)
         elif isinstance(event, Outcome):
             if event.error is not None:
                 yield f"data: {json.dumps(openai_error_body(event.error))}\n\n"
@@ -218,3 +237,18 @@ async def _sse(events: AsyncIterator[Any], model: str, include_usage: bool) -> A
                     usage = _completion(model, event.result)["usage"]
                     yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def progress_event(progress: Progress) -> str:
+    """One ``event: progress`` server-sent event (see ``_sse``)."""
+    eta = None if progress.eta_s is None else round(progress.eta_s, 3)
+    data = {"stage": progress.stage, "done": progress.done, "total": progress.total,
+            "elapsed_s": round(progress.elapsed_s, 3), "eta_s": eta}
+    return f"event: progress\ndata: {json.dumps(data)}\n\n"
+
+
+def _stream_flags(options: object) -> tuple[bool, bool]:
+    """(``include_usage``, ``include_progress``) of a request's ``stream_options``."""
+    if not isinstance(options, dict):
+        return False, False
+    return bool(options.get("include_usage")), bool(options.get("include_progress"))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from llava_edge.api import CaptionDone
 from llava_edge.errors import CaptionCancelledError, InvalidRequestError, LlavaEdgeError, ServerBusyError
-from llava_edge.events import Progress, TextDelta
+from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.images import decode_image_bytes, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
@@ -58,17 +58,20 @@ _log = logging.getLogger("llava_edge.server.task_service")
 
 @dataclass(frozen=True)
 class ChatCall:
-    """A caption asked through the OpenAI or Ollama API: the image, the rendered prompt and the options.
-    Its outcome carries the ``CaptionResult`` (timings and token counts), not a Runware item."""
+    """A caption asked through the OpenAI or Ollama API: the images, the rendered prompt (one text per
+    image, text ``i`` following image ``i``) and the options. Its outcome carries the ``CaptionResult``
+    (timings and token counts), not a Runware item."""
 
-    image: str
-    prompt: str
+    images: tuple[str, ...]
+    prompt: tuple[str, ...]
     options: GenerationOptions
     detail: str = "auto"
     on_event: Callable[[Progress | TextDelta], None] | None = None
     """Called from the model thread with each progress event and text delta, as they come."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when nobody waits for the answer any more (the client left): the caption stops at its next step."""
+    model: str | None = None
+    """Another installed model the request named: it is swapped in (a ``LOAD`` progress event) first."""
 
 
 @dataclass(eq=False)
@@ -78,8 +81,9 @@ class _Job:
     chat: ChatCall | None = None
     """Set for OpenAI/Ollama calls: answered with a CaptionResult, never registered or delivered."""
     future: Future[Outcome] = field(default_factory=Future)
-    image: bytes | None = None
-    """The image's bytes, once read; the job enters the model queue only then."""
+    images: list[bytes] = field(default_factory=list)
+    """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
+    the model queue only then."""
     completed: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
     """Set when nobody waits for this sync task any more: its caption stops at the next step."""
@@ -115,6 +119,8 @@ class TaskService:
         self._drainer: threading.Thread | None = None
         self._worker = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
         self.worker_restarts = 0
+        self._swapped_in: Captioner | None = None
+        """A model this service loaded itself (a swap): it closes it when it stops."""
         self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
         self._readers: set[asyncio.Task[None]] = set()
@@ -158,6 +164,8 @@ class TaskService:
             self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
         self._wait_for_model(CANCEL_GRACE)  # a cancelled caption unwinds at its next llama.cpp batch
         self.deliverer.close(self.settings.delivery_flush_timeout, cancel=self._hurry)
+        if self.model_idle and self._swapped_in is not None:
+            self._swapped_in.close()
         return self.model_idle
 
     def _wait_for_model(self, seconds: float) -> None:
@@ -292,7 +300,7 @@ class TaskService:
     async def chat(self, call: ChatCall, *, base_url: str) -> Outcome:
         """Caption for the OpenAI or Ollama API through the same queue, image reading and model worker as
         Runware tasks. The outcome's ``result`` is the ``CaptionResult``; errors come as a failed outcome."""
-        request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="", image=call.image)
+        request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="", image=call.images[0])
         try:
             job = self._admit({}, request, chat=call)
         except LlavaEdgeError as err:
@@ -350,7 +358,9 @@ class TaskService:
         """Read the job's image outside the model thread (bounded pool), then queue it for the model."""
         try:
             async with self._read_slots:
-                job.image = await in_daemon_thread(self._read_image, job.request.image, base_url)
+                sources = job.chat.images if job.chat is not None else (job.request.image,)
+                for source in sources:
+                    job.images.append(await in_daemon_thread(self._read_image, source, base_url))
         except LlavaEdgeError as err:
             self._complete(job, failure(err, job.request))
             return
@@ -402,9 +412,9 @@ class TaskService:
 
     def _caption_now(self, job: _Job) -> Outcome:
         if job.chat is not None:
-            return self._chat_now(job.chat, job.image)
+            return self._chat_now(job.chat, job.images)
         try:
-            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.image,
+            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.images[0],
                                                    cancelled=job.abandoned))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
@@ -413,12 +423,14 @@ class TaskService:
             return failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
                             job.request)
 
-    def _chat_now(self, call: ChatCall, image: bytes | None) -> Outcome:
+    def _chat_now(self, call: ChatCall, images: list[bytes]) -> Outcome:
         """Run a chat call's caption as a stream: events go to ``on_event``; a cancelled call stops at the
         next step (closing the stream cancels the caption)."""
-        source = image if image is not None else call.image
+        sources: list[Any] = list(images)
         try:
-            with closing(self.captioner.stream(source, call.prompt, detail=call.detail,
+            if call.model is not None:
+                self._swap_to(call.model, call.on_event)
+            with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
                                                options=call.options)) as events:
                 for event in events:
                     if call.cancelled.is_set():
@@ -430,6 +442,30 @@ class TaskService:
         except LlavaEdgeError as err:
             return Outcome.failure(err)
         return Outcome.failure(LlavaEdgeError("The caption ended without a result."))
+
+    def _swap_to(self, model: str, on_event: Callable[[Progress | TextDelta], None] | None) -> None:
+        """Make ``model`` the resident one, in the model thread between two captions. The current model is
+        closed first (one is resident at a time); should the new one fail to load, the previous one is loaded
+        again and the error is this call's."""
+        if model == self.captioner.model_name:
+            return
+        report = on_event or (lambda event: None)
+        began = time.perf_counter()
+        report(Progress.measured(LOAD, 0, 1, 0.0))
+        previous = self.captioner
+        previous.close()
+        try:
+            loaded = previous.another(model)
+        except LlavaEdgeError:
+            self._install(previous.another(previous.model_name))
+            raise
+        self._install(loaded)
+        _log.info("swapped %s out and %s in (%.1f s)", previous.model_name, model, time.perf_counter() - began)
+        report(Progress.measured(LOAD, 1, 1, time.perf_counter() - began))
+
+    def _install(self, captioner: Captioner) -> None:
+        self.captioner = fetching_from(captioner, self.settings)
+        self._swapped_in = captioner
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

@@ -76,7 +76,7 @@ def test_errors_are_ollama_s(serve: Callable[..., LiveServer], png: bytes) -> No
     client = ollama.Client(host=server.http)
     with pytest.raises(ollama.ResponseError) as unknown:
         client.generate(model="mistral", prompt="hi", images=[png], stream=False)
-    assert unknown.value.status_code == 404 and "not loaded here" in unknown.value.error
+    assert unknown.value.status_code == 404 and "not on this machine" in unknown.value.error
     with pytest.raises(ollama.ResponseError) as structured:
         client.generate(model="llava", prompt="hi", images=[png], format="json", stream=False)
     assert structured.value.status_code == 400 and "format" in structured.value.error

@@ -78,7 +78,7 @@ def test_errors_take_openai_s_shape_and_statuses(serve: Callable[..., LiveServer
     client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.http}/v1", api_key="wrong", max_retries=0).models.list()
-    with pytest.raises(openai.NotFoundError, match="not loaded here"):
+    with pytest.raises(openai.NotFoundError, match="not on this machine"):
         client.chat.completions.create(model="gpt-4o", messages=ask(png))  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="n=2"):
         client.chat.completions.create(model="llava", messages=ask(png), n=2)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ real files, and exiftool reading back what was written."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -132,3 +133,44 @@ def test_the_flags_without_the_photos_extra_give_the_install_hint(kite: Path,
     assert result.exit_code == 1
     assert "pip install 'llava-edge[photos]'" in result.output and "Traceback" not in result.output
     assert kite.read_bytes() == before and not kite.with_suffix(".xmp").exists()
+
+
+def test_kohya_json_gets_each_image_by_stem_and_keeps_other_keys(tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for index in range(2):
+        (folder / f"img{index}.png").write_bytes(encode("PNG", seed=index))
+    kohya = tmp_path / "meta.json"
+    kohya.write_text(json.dumps({"img0": {"tags": "sky, kite"}, "other": {"caption": "kept"}}))
+
+    result = run(str(folder), "--kohya-json", str(kohya), "--prefix", "ohwx,")
+
+    assert result.exit_code == 0, result.output
+    written = json.loads(kohya.read_text())
+    assert written["img0"]["tags"] == "sky, kite" and written["other"] == {"caption": "kept"}
+    assert all(str(written[stem]["caption"]).startswith("ohwx, ") for stem in ("img0", "img1"))
+
+
+def test_if_exists_append_adds_the_caption_after_the_existing_description(kite: Path) -> None:
+    first = run(str(kite), "--write-metadata", "--prompt", "One.")
+    assert first.exit_code == 0, first.output
+    existing = exiftool(kite)[0]["XMP-dc:Description"]
+
+    appended = run(str(kite), "--write-metadata", "--if-exists", "append", "--prompt", "Two.")
+
+    assert appended.exit_code == 0 and "1 captioned" in appended.output, appended.output
+    [tags] = exiftool(kite)
+    assert str(tags["XMP-dc:Description"]).startswith(f"{existing} ")
+    assert tags["IPTC:Caption-Abstract"] == tags["XMP-dc:Description"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_times_keeps_the_rewritten_image_s_modification_time(kite: Path, keep: bool) -> None:
+    old = 1_600_000_000
+    os.utime(kite, (old, old))
+
+    result = run(str(kite), "--write-metadata", *(["--keep-times"] if keep else []))
+
+    assert result.exit_code == 0, result.output
+    assert exiftool(kite)[0]["XMP-dc:Description"]
+    assert (int(kite.stat().st_mtime) == old) is keep

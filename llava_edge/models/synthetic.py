@@ -11,6 +11,8 @@ Presets:
 * ``tiny``: well under 1 MB, captions in milliseconds. For tests of everything around the model.
 * ``kquant-small``: a few MB, n_embd 256, quantized to Q4_K_M by llama.cpp's own quantizer. It reaches
   ggml's K-quant matmul kernels (the AMX crash path) that the f16 ``tiny`` model never touches.
+* ``ladder``: the ``kquant-small`` shapes kept in f16 (rows of 256, so every K-quant applies): the base
+  of the synthetic quantization ladder (``synthetic_ladder``), and its reference in ``llava-edge eval``.
 * ``real-shape``: Mistral-7B Q4_K_M (about 4.37 GB) plus a CLIP ViT-L/14-336 f16 mmproj (about 624 MB).
   Benchmarks the real compute without downloading the real model. The 13.5 GiB f16 intermediate
   is written tensor by tensor and deleted after quantizing.
@@ -113,6 +115,13 @@ PRESETS: dict[str, SyntheticPreset] = {
         "Q4_K_M",
         "a few MB, Q4_K_M text model: exercises ggml's K-quant (and AMX) kernels",
     ),
+    "ladder": SyntheticPreset(
+        "ladder",
+        TextShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1024),
+        VisionShape(n_embd=32, n_layer=3, n_head=2, n_ff=64),
+        None,
+        "a few MB, f16 text model with K-quant-ready shapes: the base of the synthetic quantization ladder",
+    ),
     "real-shape": SyntheticPreset(
         "real-shape",
         TextShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000),
@@ -189,7 +198,7 @@ def build_synthetic_pair(
     target = root / f"{spec.name}-seed{seed}-v{FORMAT_VERSION}"
     if not _is_complete(target):
         root.mkdir(parents=True, exist_ok=True)
-        with _build_lock(target):
+        with build_lock(target):
             if not _is_complete(target):
                 _build_atomically(spec, seed, target, _quantizer_for(spec, quantize))
     return ModelFiles(target / MODEL_FILE, target / MMPROJ_FILE, TEMPLATE, NAME_PREFIX + spec.name)
@@ -325,7 +334,7 @@ def _write_gguf(
             writer.write_tensor_data(_values(tensor, rng))
     finally:
         writer.close()
-    _fsync(path)
+    fsync_file(path)
 
 
 _NP_DTYPES: dict[str, Any] = {"f16": np.float16, "f32": np.float32}
@@ -380,16 +389,24 @@ def _quantizer_for(spec: SyntheticPreset, quantize: Quantizer | None) -> Quantiz
 
 def _write_pair(spec: SyntheticPreset, seed: int, directory: Path, quantize: Quantizer | None) -> None:
     """Write both files of a pair into ``directory``, quantizing the text model if the preset says so."""
-    text_rng, vision_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
     vision = vision_tensors(spec.vision, spec.text.n_embd)
-    _write_gguf(directory / MMPROJ_FILE, "clip", vision_metadata(spec), vision, vision_rng)
+    _write_gguf(directory / MMPROJ_FILE, "clip", vision_metadata(spec), vision, np.random.default_rng([seed, 1]))
     model = directory / MODEL_FILE
     f16 = model if spec.quant is None else directory / "model-f16.gguf"
-    _write_gguf(f16, "llama", text_metadata(spec), text_tensors(spec.text), text_rng)
+    write_f16_text_model(spec.name, f16, seed=seed)
     if spec.quant is not None and quantize is not None:
         quantize(f16, model, spec.quant)
         f16.unlink()
-        _fsync(model)
+        fsync_file(model)
+
+
+def write_f16_text_model(preset: str, path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write a preset's text model in f16, before any quantization, one tensor at a time: the base that
+    quantized variants are made from (byte-identical to the intermediate of ``build_synthetic_pair``; about
+    13.5 GiB for ``real-shape``). ``benchmarks/quant_ladder.py`` quantizes it to each type in turn."""
+    spec = PRESETS[preset]
+    _write_gguf(Path(path), "llama", text_metadata(spec), text_tensors(spec.text), np.random.default_rng([seed, 0]))
+    return Path(path)
 
 
 def _build_atomically(spec: SyntheticPreset, seed: int, target: Path, quantize: Quantizer | None) -> None:
@@ -410,7 +427,7 @@ def _build_atomically(spec: SyntheticPreset, seed: int, target: Path, quantize: 
 
 
 @contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
+def build_lock(target: Path) -> Iterator[None]:
     """An exclusive ``flock`` per pair; where there is none, the atomic rename still protects the files."""
     try:
         import fcntl
@@ -431,6 +448,6 @@ def _is_complete(directory: Path) -> bool:
     return (directory / MODEL_FILE).is_file() and (directory / MMPROJ_FILE).is_file()
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())

@@ -13,7 +13,8 @@ import hashlib
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from typing import Any, Self
 
 import llama_cpp
@@ -47,6 +48,17 @@ from llava_edge.runtime.loading import identity, load_model, new_context, new_mt
 
 RuntimeEvent = Progress | TextDelta | Generation
 """What ``LlavaRuntime.stream`` yields: progress, text deltas, and the ``Generation`` last."""
+
+
+@dataclass(frozen=True)
+class EvaluatedPrompt:
+    """The context right after an image and prompt were evaluated (``LlavaRuntime.evaluated_prompt``)."""
+
+    context: Any
+    """The llama.cpp context: the prompt's last logits are ready; new tokens go at ``n_past``."""
+    vocab: Any
+    layout: list[PromptChunk]
+    n_past: int
 
 
 class LlavaRuntime:
@@ -202,14 +214,44 @@ class LlavaRuntime:
         assert generation is not None
         yield generation  # after the lock is released: the model is free once the result is out
 
-    def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int) -> None:
+    @contextmanager
+    def evaluated_prompt(
+        self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str], *, reserve: int,
+        reserved_for: str = "max_tokens",
+    ) -> Iterator[EvaluatedPrompt]:
+        """Evaluate the image and prompt as a caption does (the same chunks, batches and prefix reuse), then
+        hold the model while the caller reads and extends the context (teacher-forced scoring does).
+
+        Args:
+            reserve: positions the caller will add after the prompt, checked against n_ctx first.
+            reserved_for: what they are, for the overflow message.
+
+        Raises:
+            ContextOverflowError, RuntimeBackendError: as ``generate``.
+        """
+        images, text = _checked(image, prompt)
+        with self._lock:
+            if self._ctx is None:
+                raise RuntimeBackendError("This model was closed; load it again to caption.")
+            self._cancelled.clear()
+            llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
+            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
+                layout = tokenized.layout()
+                self._check_budget(layout, reserve, len(images), reserved_for)
+                for _ in self._evaluate(tokenized):
+                    raise_if_interrupted()
+            n_past = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0)) + 1
+            yield EvaluatedPrompt(self._ctx, self._vocab, layout, n_past)
+
+    def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int,
+                      reserved_for: str = "max_tokens") -> None:
         image, prompt = image_tokens(layout), prompt_tokens(layout)
         if prompt + max_tokens > self.n_ctx:
             blamed = "maxTokens" if prompt < self.n_ctx else "prompt"
             images = "image" if n_images == 1 else f"{n_images} images"
             raise ContextOverflowError(
                 f"The {images} ({image} tokens) plus prompt ({prompt - image} tokens) plus "
-                f"max_tokens ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
+                f"{reserved_for} ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
                 f"{'Send fewer images, use' if n_images > 1 else 'Lower max_tokens, use'} detail=\"low\", "
                 "or load the model with a larger n_ctx.",
                 parameter=blamed,

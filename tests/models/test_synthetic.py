@@ -172,12 +172,12 @@ def test_concurrent_builds_agree(tmp_path: Path) -> None:
 
 
 def test_names() -> None:
-    assert preset_names() == ["tiny", "kquant-small", "real-shape", "real-shape-4l"]
+    assert preset_names() == ["tiny", "kquant-small", "ladder", "real-shape", "real-shape-4l"]
     assert synthetic_preset_for("synthetic-tiny") == "tiny"
     assert synthetic_preset_for("Synthetic-Real-Shape") == "real-shape"
     assert synthetic_preset_for("synthetic-huge") is None
     assert synthetic_preset_for("tiny") is None
-    with pytest.raises(KeyError, match="tiny, kquant-small, real-shape"):
+    with pytest.raises(KeyError, match="tiny, kquant-small, ladder, real-shape"):
         build_synthetic_pair("huge")
 
 

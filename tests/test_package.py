@@ -71,7 +71,7 @@ def test_the_registry_lives_at_the_top_of_the_repository_only() -> None:
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_the_registry_and_finds_it_when_installed(tmp_path: Path) -> None:
+def test_the_wheel_carries_the_registry_and_the_page_and_finds_them_when_installed(tmp_path: Path) -> None:
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "--quiet",
          "--wheel-dir", str(tmp_path / "dist")],
@@ -81,8 +81,10 @@ def test_the_wheel_carries_the_registry_and_finds_it_when_installed(tmp_path: Pa
     wheel = next((tmp_path / "dist").glob("llava_edge-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         packaged = archive.read("llava_edge/models/models.toml")
+        page = {name: archive.read(f"llava_edge/server/page/{name}") for name in ("index.html", "app.js", "style.css")}
         archive.extractall(tmp_path / "site")
     assert packaged == (REPO / "models.toml").read_bytes()
+    assert page == {name: (PACKAGE / "server" / "page" / name).read_bytes() for name in page}  # the browser page
 
     code = (
         "import json, llava_edge; from llava_edge.models.catalog import builtin_registry_path, load_registry; "

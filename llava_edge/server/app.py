@@ -58,6 +58,7 @@ from llava_edge.server.guard import RequestGuard
 from llava_edge.server.ollama_api import add_ollama_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
+from llava_edge.server.page import add_page_routes
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
 from llava_edge.server.task_results import Outcome
@@ -111,6 +112,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     _add_websocket(app, service)
     _add_resources(app, service)
     add_openai_routes(app, service)
+    add_page_routes(app, service)  # before Ollama's: browsers get the page at /, other clients Ollama's line
     add_ollama_routes(app, service)
     return app
 

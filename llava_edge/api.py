@@ -26,8 +26,13 @@ from llava_edge.images import ImageInput, ImageLimits, load_image
 from llava_edge.models.catalog import ModelFiles, Registry, load_registry
 from llava_edge.models.resolve import model_files
 from llava_edge.runtime.engine import LlavaRuntime
+from llava_edge.runtime.grammar import structured_output as structured_output
 from llava_edge.runtime.quantize import quantize_gguf
 from llava_edge.schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
+from llava_edge.structured import StructuredOutput
+
+SchemaInput = dict[str, Any] | str | StructuredOutput
+"""A JSON Schema, the name of a built-in one (``"photo"``, ``"json"``), or one prepared by ``structured_output``."""
 
 LOW_DETAIL_SIDE = 336
 """``detail="low"``: the image is scaled to fit 336x336, one CLIP view, 576 image tokens."""
@@ -43,6 +48,9 @@ class CaptionResult:
     finish_reason: str
     timings: Timings
     model: str
+    data: Any = None
+    """With a ``schema``: the answer's JSON value, validated against it; ``None`` when the answer is incomplete
+    (``finish_reason`` ``"length"``, or a stop string cut it) and for free text or a raw grammar."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,8 @@ class Captioner:
         detail: str = "auto",
         options: GenerationOptions | None = None,
         limits: ImageLimits | None = None,
+        schema: SchemaInput | None = None,
+        grammar: str | None = None,
     ) -> Generator[CaptionEvent, None, None]:
         """Caption one image, reporting as it goes.
 
@@ -148,6 +158,11 @@ class Captioner:
         list of as many texts: text ``i`` follows image ``i`` in the prompt. Together they must fit the
         context (``ContextOverflowError`` gives the numbers).
 
+        ``schema`` (a JSON Schema, ``"photo"``, or a ``StructuredOutput``) constrains every token so the answer
+        is JSON that follows it; the result's ``data`` is the parsed value (``None`` when the answer was cut).
+        ``grammar`` (GBNF, root rule ``root``) constrains it without parsing. A schema is checked before the
+        image is read (``SchemaError``); without a prompt, the ``photo`` schema asks for its fields.
+
         Closing the iterator (or leaving a ``for`` loop over it) stops the caption at the next step
         (between two tiles, two prefill batches or two tokens); the next caption runs as on a fresh
         model. ``Captioner.runtime.cancel()`` stops it from another thread (``CaptionCancelledError``).
@@ -155,14 +170,19 @@ class Captioner:
         Raises:
             LlavaEdgeError: as ``describe``, from the iteration.
         """
+        structure = structured_output(schema, grammar)
         pictures = self._pictures(image, detail, limits or self.image_limits)
-        text = prompt or DEFAULT_PROMPT
-        with closing(self.runtime.stream(pictures, text, options or self.generation)) as events:
+        text = prompt or (structure and structure.prompt) or DEFAULT_PROMPT
+        options = options or self.generation
+        if structure is not None:
+            options = replace(options, grammar=structure.grammar)
+        with closing(self.runtime.stream(pictures, text, options)) as events:
             for event in events:
                 if not isinstance(event, Generation):
                     yield event
                     continue
-                result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name)
+                data = structure.parse(event.text, event.finish_reason) if structure is not None else None
+                result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name, data)
                 yield CaptionDone(result, self._response(task_uuid or str(uuid.uuid4()), result, include_cost))
 
     def _pictures(self, image: ImageInput | list[ImageInput], detail: str, limits: ImageLimits) -> list[Image.Image]:
@@ -178,9 +198,14 @@ class Captioner:
         detail: str = "auto",
         options: GenerationOptions | None = None,
         limits: ImageLimits | None = None,
+        schema: SchemaInput | None = None,
+        grammar: str | None = None,
     ) -> CaptionResult:
-        """Caption one image and return the text with its timings (the Python-native result)."""
-        return _finished(self.stream(image, prompt, detail=detail, options=options, limits=limits)).result
+        """Caption one image and return the text with its timings (the Python-native result); with ``schema``
+        (as for ``stream``) ``data`` holds the parsed JSON value."""
+        events = self.stream(image, prompt, detail=detail, options=options, limits=limits, schema=schema,
+                             grammar=grammar)
+        return _finished(events).result
 
     def caption(
         self,
@@ -191,12 +216,16 @@ class Captioner:
         include_cost: bool = False,
         detail: str = "auto",
         options: GenerationOptions | None = None,
+        schema: SchemaInput | None = None,
+        grammar: str | None = None,
     ) -> dict[str, Any]:
         """Caption one image and answer with the Runware response item
-        ``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``."""
+        ``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``; with ``schema`` (as for ``stream``) the
+        item also has ``data``, the parsed JSON value (``None`` when the answer was cut)."""
         events = self.stream(image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail,
-                             options=options)
-        return _finished(events).response
+                             options=options, schema=schema, grammar=grammar)
+        done = _finished(events)
+        return {**done.response, "data": done.result.data} if schema is not None else done.response
 
     def run_task(
         self, request: dict[str, Any], *, allow_local_files: bool = False, image: bytes | None = None,
@@ -318,14 +347,19 @@ def caption(
     detail: str = "auto",
     options: GenerationOptions | None = None,
     runtime: RuntimeOptions | None = None,
+    schema: SchemaInput | None = None,
+    grammar: str | None = None,
 ) -> dict[str, Any]:
     """Caption an image with a cached model and return the Runware response item.
 
     ``image`` may be a path, bytes, a PIL image, an http(s) URL, a data URI, bare base64 or the UUID of
-    a stored image. The model loads on the first call and stays loaded for the next ones.
+    a stored image. The model loads on the first call and stays loaded for the next ones. ``schema`` (a JSON
+    Schema or ``"photo"``) makes the answer JSON that follows it, parsed into the item's ``data``; ``grammar``
+    (GBNF) constrains it without parsing.
     """
     return _cache.get(model, runtime).caption(
-        image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail, options=options
+        image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail, options=options,
+        schema=schema, grammar=grammar,
     )
 
 

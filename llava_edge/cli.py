@@ -14,6 +14,7 @@ import click
 
 from llava_edge._version import __version__
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.evaluation.command import eval_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,6 +107,9 @@ def main() -> None:
     """Caption images offline with LLaVA-1.6-Mistral-7B, speaking the Runware caption API."""
 
 
+main.add_command(eval_command)  # quality loss per quantization variant: llava_edge/evaluation
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--prompt", "-p", default=None, help="Instruction for the model (default: a detailed description).")
@@ -123,6 +127,10 @@ def main() -> None:
 @click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
               help="Caption on a Ray cluster: auto, local, or its address (needs llava-edge[ray]).")
 @click.option("--quiet", "-q", is_flag=True, help="No live line or progress bar.")
+@click.option("--json-schema", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Answer with JSON that follows this JSON Schema file (the parsed object goes into the records).")
+@click.option("--structured", type=click.Choice(["photo"]), default=None,
+              help="Answer with the built-in schema: photo (caption, alt_text, keywords, main_subjects).")
 @photo_options
 @runtime_options
 @_user_errors
@@ -150,9 +158,11 @@ def caption(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens
         raise click.UsageError(f"No images found in {', '.join(images)}.")
     given = (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
     changes: dict[str, Any] = {name: value for name, value in given if value is not None}
+    schema = _structure(options.pop("json_schema"), options.pop("structured"), ray=ray_address is not None)
     photo = photo_options_for({**options, "sidecar": sidecar}, found, ray=ray_address is not None)
     sidecar = sidecar and (photo is None or photo.targets.text_sidecar is None)
-    job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes), "photo": photo}
+    job = {"prompt": prompt, "detail": detail, "generation": GenerationOptions(**changes), "photo": photo,
+           "schema": schema}
     to_files = out is not None or sidecar or photo is not None
     live = len(found) == 1 and not (to_files or as_json or quiet or ray_address) and _on_a_terminal()
     with stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
@@ -180,7 +190,7 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
             import_ray()
         except ImportError as err:
             raise click.ClickException(str(err)) from err
-        ray_job = {key: value for key, value in job.items() if key != "photo"}  # refused with --ray
+        ray_job = {key: value for key, value in job.items() if key not in ("photo", "schema")}  # refused
         return caption_on_ray(found, sinks, address=ray_address, progress=progress, stop=stop, **ray_job,
                               gpus_per_actor=1 if options["device"] == "cuda" else 0,
                               **captioner_config(options, prefix_cache_bytes=0))
@@ -189,8 +199,10 @@ def _caption_all(found: list[str], sinks: Any, ray_address: str | None, job: dic
 
     stage = ImageStage()
     with load_captioner(options, prefix_cache_bytes=0) as captioner:
-        photo = job["photo"] and PhotoStep(job["photo"], model=captioner.model_name, prompt=job["prompt"])
+        photo = job["photo"] and PhotoStep(job["photo"], model=captioner.model_name, prompt=job["prompt"],
+                                           structured=job["schema"] is not None)
         records = caption_many(found, job["prompt"], captioner=captioner, detail=job["detail"], photo=photo,
+                               schema=job["schema"],
                                options=job["generation"], skip=sinks.done if sinks.files else None, on_event=stage,
                                stop=stop)
         return run_batch(records, sinks, total=len(found), progress=progress, stop=stop, stage=stage)
@@ -207,10 +219,31 @@ def _caption_live(image: str, sinks: Any, job: dict[str, Any], options: dict[str
     try:
         with load_captioner(options, prefix_cache_bytes=0) as captioner:
             records = caption_many([image], job["prompt"], captioner=captioner, detail=job["detail"],
-                                   options=job["generation"], on_event=live.event, stop=stop)
+                                   options=job["generation"], on_event=live.event, stop=stop, schema=job["schema"])
             return run_batch(records, LiveSink(live, sinks), total=1, progress=False, stop=stop)
     finally:
         live.end()
+
+
+def _structure(schema_file: str | None, built_in: str | None, *, ray: bool) -> Any:
+    """The checked ``StructuredOutput`` of ``--json-schema``/``--structured`` (before a model loads), or None."""
+    if schema_file is None and built_in is None:
+        return None
+    if schema_file is not None and built_in is not None:
+        raise click.UsageError("Give --json-schema or --structured, not both.")
+    if ray:
+        raise click.UsageError("--ray does not take --json-schema or --structured yet; leave out one of them.")
+    from llava_edge.api import structured_output
+
+    if schema_file is None:
+        return structured_output(built_in, parameter="structured")
+    try:
+        with open(schema_file, encoding="utf-8") as file:
+            schema = json.load(file)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"{schema_file} is not a readable JSON file ({err}).",
+                                 param_hint="--json-schema") from err
+    return structured_output(schema, parameter="json-schema")
 
 
 def _on_a_terminal() -> bool:
@@ -304,6 +337,7 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
     settings.check()
     try:
         from llava_edge.server.app import run_server
+        from llava_edge.server.page import page_url
     except ImportError as err:
         raise click.ClickException(str(err)) from err
     if settings.no_auth:
@@ -312,6 +346,7 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
     captioner = load_captioner(options, prefix_cache_bytes=prefix_cache_mb * 2**20)
     root = f"{settings.host}:{settings.port}/v1"
     click.echo(f"llava-edge: {captioner.model_name} loaded; serving http://{root} and ws://{root}", err=True)
+    click.echo(f"llava-edge: captioning page: {page_url(settings)} (open it in a browser)", err=True)
     if run_server(captioner, settings):
         captioner.close()
     else:  # a caption still runs past the shutdown deadline; freeing the model under it would crash

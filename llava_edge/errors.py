@@ -10,6 +10,7 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── InvalidImageError                 an image cannot be read, fetched or is too large
     │   ├── ContextOverflowError              image + prompt + max_tokens exceed n_ctx
     │   ├── ConflictTaskUUIDError             a live task already uses this taskUUID
+    │   ├── SchemaError                       a JSON Schema or grammar for structured output is refused
     │   └── PayloadTooLargeError              a request body is over the server's size cap
     ├── AuthenticationError                   missing or wrong API key (server)
     │   └── TooManyAttemptsError              too many failed keys from one address; wait a minute
@@ -31,10 +32,12 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── ReadOnlyImageError (PermissionError)   the image (or its folder) is read-only
     │   ├── UnsupportedMetadataFormatError (ValueError)  the format has no metadata slot written in place
     │   └── CorruptMetadataError (ValueError)      the image's metadata or its sidecar cannot be parsed
-    ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray, photos) is not installed
+    ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray, photos, structured) is missing
     ├── BenchmarkError                        a benchmark's worker process or the llama-mtmd-cli anchor failed
+    ├── EvaluationError (ValueError)          `llava-edge eval` cannot compare: no variants, no reference, a bad set
     ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
     └── RuntimeBackendError                   llama.cpp failed to load or run
+        └── StructuredOutputError             a finished structured answer does not follow its schema
 """
 
 from __future__ import annotations
@@ -110,6 +113,15 @@ class ContextOverflowError(InvalidRequestError):
 
     code = "maxContextLengthExceeded"
     parameter = "maxTokens"
+
+
+class SchemaError(InvalidRequestError):
+    """Raised before any compute when a JSON Schema (or GBNF grammar) for structured output is refused: a keyword
+    it does not support (named), a bound over its limit (size, nesting, ``$ref`` chain, ``enum``, counts), or a
+    grammar that does not parse."""
+
+    code = "invalidSchema"
+    parameter = "schema"
 
 
 class ConflictTaskUUIDError(InvalidRequestError):
@@ -267,7 +279,21 @@ class BenchmarkError(LlavaEdgeError):
     code = "benchmarkFailed"
 
 
+class EvaluationError(LlavaEdgeError, ValueError):
+    """Raised by ``llava-edge eval`` when it cannot compare: no variant to evaluate, a reference that is not
+    present, models that share no vocabulary, a malformed eval set, or a measuring process that failed."""
+
+    code = "evaluationFailed"
+
+
 class RuntimeBackendError(LlavaEdgeError):
     """Raised when llama.cpp fails to load a model or to run a request."""
 
     code = "inferenceError"
+
+
+class StructuredOutputError(RuntimeBackendError):
+    """Raised when a structured answer ended normally yet does not validate against its schema (the grammar
+    should make that impossible); the message quotes the validator."""
+
+    code = "invalidStructuredOutput"

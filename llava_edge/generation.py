@@ -46,6 +46,9 @@ class GenerationOptions:
     seed: int | None = None
     """Sampling seed; ``None`` draws a fresh one per call."""
     stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    """A GBNF grammar (root rule ``root``) every sampled token must follow; made from a JSON Schema by
+    ``llava_edge.api.structured_output``. ``None``: free text."""
 
 
 @dataclass(frozen=True)

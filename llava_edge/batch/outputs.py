@@ -32,8 +32,12 @@ FORMATS = ("jsonl", "csv")
 FSYNC_INTERVAL_S = 1.0
 CSV_COLUMNS = (
     "image", "sha256", "model", "taskUUID", "text", "finishReason", "errorCode", "errorMessage", "errorParameter",
-    "total_s", "first_token_s", "image_tokens", "prompt_tokens", "generated_tokens",
+    "total_s", "first_token_s", "image_tokens", "prompt_tokens", "generated_tokens", "data",
 )
+"""``data``: the parsed answer as JSON, in runs with a schema (empty when there is none or it was cut)."""
+_TIMING_COLUMNS = CSV_COLUMNS[9:-1]
+_CSV_COLUMNS_BEFORE_DATA = CSV_COLUMNS[:-1]
+"""The header of files written before ``data`` was added: a rerun appends to them without it."""
 
 _Entry = tuple[tuple[str, str] | None, int]
 """A record found in a file: its resume key (``None`` when it does not parse) and the offset of its end."""
@@ -166,8 +170,10 @@ class CsvWriter(_AppendLog):
     UTF-8 are written ``\\xNN``. Numbers are written as they are.
     """
 
+    _columns: tuple[str, ...] = CSV_COLUMNS
+
     def _encode(self, record: BatchRecord) -> bytes:
-        return _csv_line(_csv_row(record))
+        return _csv_line(_csv_row(record)[:len(self._columns)])
 
     def _stored_name(self, image: str) -> str:
         return _csv_text(image)
@@ -187,13 +193,14 @@ class CsvWriter(_AppendLog):
         header = next(reader, None)
         if header is None:
             return
-        if tuple(header) != CSV_COLUMNS:
+        if tuple(header) not in (CSV_COLUMNS, _CSV_COLUMNS_BEFORE_DATA):
             raise OutputFileError(f"{self.path} is not a llava-edge CSV (its header is {header[:4]}...). "
                                   "Write to another --out.")
+        self._columns = tuple(header)
         yield _HEADER, consumed
         try:
             for row in reader:
-                yield ((row[0], row[1]) if len(row) == len(CSV_COLUMNS) else None), consumed
+                yield ((row[0], row[1]) if len(row) == len(self._columns) else None), consumed
         except csv.Error as err:
             if consumed < data.rfind(b"\n") + 1:
                 raise OutputFileError(f"{self.path} is not valid CSV ({err}, before byte {consumed}). "
@@ -247,8 +254,9 @@ class ConsoleWriter:
             return
         elif self.as_json:
             timings = record.to_json()["timings"]
+            data = {"data": record.data} if record.data is not None else {}
             _print({"image": record.image, "text": record.text, "model": record.model,
-                    "finishReason": record.finish_reason, "timings": timings})
+                    "finishReason": record.finish_reason, "timings": timings, **data})
         else:
             print(f"{printable_name(record.image)}: {record.text}" if self.with_names else record.text, flush=True)
 
@@ -401,7 +409,8 @@ def _csv_row(record: BatchRecord) -> list[Any]:
         record.image, record.sha256 or "", record.model or "", item.get("taskUUID", ""), record.text or "",
         record.finish_reason or "", error.get("code", ""), error.get("message", ""), error.get("parameter", ""),
     ]
-    return [*(_csv_text(str(cell)) for cell in text), *(timings.get(name, "") for name in CSV_COLUMNS[9:])]
+    data = "" if record.data is None else _csv_text(json.dumps(record.data, ensure_ascii=False))
+    return [*(_csv_text(str(cell)) for cell in text), *(timings.get(name, "") for name in _TIMING_COLUMNS), data]
 
 
 def _csv_text(value: str) -> str:

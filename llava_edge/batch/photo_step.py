@@ -1,6 +1,7 @@
 """The photo step of a ``caption`` run: before the model runs, whether an image is already described (so a
-rerun skips it); after, keywords from a second question about the same image, then the caption written into
-the image, XMP sidecars and dataset files (``llava_edge.photos.writer``). ``caption_many`` calls it per image
+rerun skips it); after, keywords from a second question about the same image (or, in a structured run, the
+answer's own ``caption``, ``alt_text`` and ``keywords``), then the caption written into the image, XMP sidecars
+and dataset files (``llava_edge.photos.writer``). ``caption_many`` calls it per image
 (``runner.PhotoHook``) and turns its typed errors into error records."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_edge.api import Captioner, CaptionResult
-from llava_edge.errors import InvalidRequestError, OutputFileError
+from llava_edge.errors import InvalidRequestError, OutputFileError, StructuredOutputError
 from llava_edge.generation import GenerationOptions
 from llava_edge.photos import exiv2_io
 from llava_edge.photos.caption_text import IfExists, check_if_exists, parse_keywords
@@ -104,10 +105,14 @@ def photo_options_for(flags: dict[str, Any], images: list[str], *, ray: bool = F
 class PhotoStep:
     """``runner.PhotoHook`` for one loaded model: the marker names it and the prompt(s)."""
 
-    def __init__(self, options: PhotoOptions, *, model: str, prompt: str | None):
+    def __init__(self, options: PhotoOptions, *, model: str, prompt: str | None, structured: bool = False):
+        """``structured``: the run asks for JSON (a schema); the caption, alt text and keywords come from the
+        answer's fields ``caption``, ``alt_text`` and ``keywords`` where it has them, and no second question
+        is asked."""
         self.options = options
-        prompts = [prompt or DEFAULT_PROMPT, *([KEYWORDS_PROMPT] if options.keywords else [])]
-        self.marker = Marker(model, "\n".join(prompts))
+        self.structured = structured
+        keywords = [KEYWORDS_PROMPT] if options.keywords and not structured else []
+        self.marker = Marker(model, "\n".join([prompt or DEFAULT_PROMPT, *keywords]))
 
     def described(self, image: str) -> bool:
         """Whether writing would change nothing, so the image need not be captioned (``already_described``)."""
@@ -121,11 +126,35 @@ class PhotoStep:
             LlavaEdgeError: ``PhotoMetadataError`` and the others ``write_caption`` raises, or the keyword
                 question failed.
         """
-        keywords = None
-        if self.options.keywords:
-            answer = captioner.describe(data, KEYWORDS_PROMPT, detail=detail, options=options)
-            keywords = parse_keywords(answer.text)
-        record = write_caption(image, result.text, keywords, targets=self.options.targets,
+        if self.structured:
+            caption, alt_text, keywords = structured_fields(result)
+        else:
+            caption, alt_text, keywords = result.text, None, None
+            if self.options.keywords:
+                answer = captioner.describe(data, KEYWORDS_PROMPT, detail=detail, options=options)
+                keywords = parse_keywords(answer.text)
+        record = write_caption(image, caption, keywords, targets=self.options.targets,
                                if_exists=self.options.if_exists, keep_times=self.options.keep_times,
-                               marker=self.marker, text=self.options.text)
+                               marker=self.marker, alt_text=alt_text, text=self.options.text)
         return record.to_json()
+
+
+def structured_fields(result: CaptionResult) -> tuple[str, str | None, list[str] | None]:
+    """(caption, alt text, keywords) of a structured answer: its ``caption`` (or ``description``), ``alt_text``
+    and ``keywords`` fields, each when it is there and of the right type; the whole JSON text when it has no
+    caption.
+
+    Raises:
+        StructuredOutputError: the answer was cut (``max_tokens``), so there is nothing sure to write.
+    """
+    if result.data is None:
+        raise StructuredOutputError(f"The structured answer was cut ({result.finish_reason}) before it was "
+                                    "complete JSON; nothing was written. Raise --max-tokens.")
+    fields = result.data if isinstance(result.data, dict) else {}
+    caption = next((fields[name] for name in ("caption", "description") if isinstance(fields.get(name), str)),
+                   result.text)
+    alt_text = fields["alt_text"] if isinstance(fields.get("alt_text"), str) else None
+    keywords = fields.get("keywords")
+    if not (isinstance(keywords, list) and all(isinstance(word, str) for word in keywords)):
+        keywords = None
+    return caption, alt_text, keywords

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from llava_edge.api import CaptionDone, Captioner, CaptionResult
+from llava_edge.api import CaptionDone, Captioner, CaptionResult, SchemaInput, structured_output
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.events import Progress, StageView, TextDelta
 from llava_edge.generation import GenerationOptions, RuntimeOptions, Timings
@@ -76,6 +76,8 @@ class BatchRecord:
     photo: dict[str, Any] | None = None
     """Where the caption was written besides the output (``PhotoRecord.to_json``); with ``--write-metadata`` and
     friends only. ``sha256`` is then of the image as the run left it, so that a rerun finds it done."""
+    data: Any = None
+    """With a schema: the answer's parsed JSON value (``None`` when it was cut by max_tokens)."""
 
     @property
     def ok(self) -> bool:
@@ -91,15 +93,16 @@ class BatchRecord:
         return self.image, self.sha256 or ""
 
     def to_json(self) -> dict[str, Any]:
-        """The output record: ``{image, sha256, model, response, finishReason, timings}`` or
-        ``{image, sha256, error}``."""
+        """The output record: ``{image, sha256, model, response, finishReason, timings[, data]}`` or
+        ``{image, sha256, error}`` (``data``: the parsed answer, in runs with a schema)."""
         record: dict[str, Any] = {"image": self.image, "sha256": self.sha256}
         if self.error is not None:
             return {**record, "error": self.error}
         timings = asdict(self.timings) if self.timings is not None else None
         photo = {"photo": self.photo} if self.photo is not None else {}
+        data = {"data": self.data} if self.data is not None else {}
         return {**record, "model": self.model, "response": self.response, "finishReason": self.finish_reason,
-                "timings": timings, **photo}
+                "timings": timings, **data, **photo}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> BatchRecord:
@@ -109,7 +112,7 @@ class BatchRecord:
             image=record["image"], sha256=record.get("sha256"), model=record.get("model"),
             response=record.get("response"), error=record.get("error"), finish_reason=record.get("finishReason"),
             timings=Timings(**{k: v for k, v in timings.items() if k in _TIMING_FIELDS}) if timings else None,
-            photo=record.get("photo"),
+            photo=record.get("photo"), data=record.get("data"),
         )
 
 
@@ -181,6 +184,7 @@ def caption_many(
     on_event: Callable[[str, Progress | TextDelta], None] | None = None,
     stop: threading.Event | None = None,
     photo: PhotoHook | None = None,
+    schema: SchemaInput | None = None,
 ) -> Iterator[BatchRecord]:
     """Caption images one after another with one loaded model, yielding a record as each completes.
 
@@ -201,10 +205,13 @@ def caption_many(
             token) and the run ends without a record for it.
         photo: writes each caption into the image, sidecars and dataset files; an image counts as done when
             ``photo.described`` says so (and ``skip`` too, when given), and its errors become error records.
+        schema: a JSON Schema, ``"photo"`` or a ``StructuredOutput``: each answer is JSON that follows it, and
+            its record carries the parsed value (``data``). Checked before any image (``SchemaError``).
     """
+    structure = structured_output(schema)
     owned = captioner is None
     loaded = captioner if captioner is not None else Captioner(model, runtime=BATCH_RUNTIME)
-    job = _Job(prompt, detail, options, on_event, stop, photo)
+    job = _Job(prompt, detail, options, on_event, stop, photo, structure)
     try:
         for image in images:
             if stop is not None and stop.is_set():
@@ -339,11 +346,13 @@ class _Job:
     on_event: Callable[[str, Progress | TextDelta], None] | None
     stop: threading.Event | None
     photo: PhotoHook | None = None
+    schema: SchemaInput | None = None
 
 
 def _describe(captioner: Captioner, item: ImageItem, data: bytes, job: _Job) -> CaptionResult | None:
     """Caption one image, passing its events on; ``None`` when ``job.stop`` was set part-way."""
-    with closing(captioner.stream(data, job.prompt, detail=job.detail, options=job.options)) as events:
+    events = captioner.stream(data, job.prompt, detail=job.detail, options=job.options, schema=job.schema)
+    with closing(events):
         for event in events:
             if isinstance(event, CaptionDone):
                 return event.result
@@ -382,7 +391,7 @@ def _caption_one(captioner: Captioner, item: ImageItem, job: _Job, skip: Skip | 
         else:
             return BatchRecord(
                 item.name, sha256, model=result.model, response=caption_response(task_uuid, result.text),
-                finish_reason=result.finish_reason, timings=result.timings, photo=photo,
+                finish_reason=result.finish_reason, timings=result.timings, photo=photo, data=result.data,
             )
     error = failure.to_runware(task_type=RESPONSE_TASK_TYPE, task_uuid=task_uuid)
     return BatchRecord(item.name, sha256 or None, error=error)

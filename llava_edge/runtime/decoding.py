@@ -3,7 +3,6 @@ report each token's settled text as it comes."""
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,21 +22,15 @@ from llava_edge.generation import (
     prompt_tokens,
 )
 from llava_edge.runtime.backend import raise_if_interrupted
-from llava_edge.runtime.sampling import sampler_chain
+from llava_edge.runtime.sampling import TokenSampler, token_piece
 
-
-def token_piece(vocab: Any, token: int) -> bytes:
-    """The bytes of one token (a piece may be part of a UTF-8 character)."""
-    buffer = ctypes.create_string_buffer(64)
-    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
-    if size < 0:
-        buffer = ctypes.create_string_buffer(-size)
-        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
-    return buffer.raw[:size]
+__all__ = ["Decoder", "token_piece"]
 
 
 class Decoder:
-    """Samples tokens after the prompt until EOS, a stop string, or max_tokens."""
+    """Samples tokens after the prompt until EOS, a stop string, or max_tokens. With ``options.grammar`` every
+    token follows the grammar and EOS comes only once it is complete, so an answer that ends with "stop" and
+    was not cut by a stop string is a whole document; one cut by max_tokens ends with "length"."""
 
     def __init__(
         self, context: Any, vocab: Any, options: GenerationOptions, *, started: float,
@@ -46,7 +39,7 @@ class Decoder:
         self.context, self.vocab, self.options = context, vocab, options
         self.started, self.stages, self.layout = started, stages, layout
         self.raise_if_cancelled = raise_if_cancelled
-        self.sampler = sampler_chain(options)
+        self.sampler = TokenSampler(options, vocab)
 
     def events(self) -> Iterator[TextDelta | Generation]:
         """Decode to the end: a ``TextDelta`` per sampled token, the rest of the text in a last delta when
@@ -57,7 +50,7 @@ class Decoder:
         reason, first_token_at = "length", None
         try:
             for _ in range(self.options.max_tokens):
-                token = llama_cpp.llama_sampler_sample(self.sampler, self.context, -1)
+                token = self.sampler.sample(self.context)
                 first_token_at = first_token_at or time.perf_counter()
                 if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                     reason = "stop"
@@ -69,7 +62,7 @@ class Decoder:
                 yield TextDelta(stream.feed(pieces[-1]), len(pieces))
                 self._decode(token)
         finally:
-            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler.close()
         generation = self._generation(pieces, reason, first_token_at)
         rest = stream.finish(generation.text)
         if rest:

@@ -1,17 +1,50 @@
-"""llama.cpp's sampler chain for a set of generation options."""
+"""llama.cpp's sampler chain for a set of generation options, and how a token is drawn from it."""
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
+from llava_edge.errors import StructuredOutputError
 from llava_edge.generation import GenerationOptions
+from llava_edge.runtime.grammar import grammar_sampler
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+_FINGERPRINT_TOKENS = 64
+_broken_tokens_cache: dict[tuple[int, int, bytes], np.ndarray] = {}
 
 
-def sampler_chain(options: GenerationOptions) -> Any:
-    """Greedy at temperature 0; else top-k, top-p, temperature and a seeded draw. The caller frees it."""
+def token_piece(vocab: Any, token: int) -> bytes:
+    """The bytes of one token (a piece may be part of a UTF-8 character)."""
+    buffer = ctypes.create_string_buffer(64)
+    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if size < 0:
+        buffer = ctypes.create_string_buffer(-size)
+        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    return buffer.raw[:size]
+
+
+def sampler_chain(options: GenerationOptions, vocab: Any = None) -> Any:
+    """Greedy at temperature 0; else top-k, top-p, temperature and a seeded draw. The caller frees it.
+
+    With ``options.grammar`` the grammar sampler comes first (on ``vocab``): it rules out every token the
+    grammar does not allow, so greedy and sampled decoding alike pick only among allowed ones, and the end of
+    generation is allowed only once the grammar is complete.
+
+    Raises:
+        SchemaError: the grammar does not parse.
+    """
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if options.grammar is not None:
+        try:
+            llama_cpp.llama_sampler_chain_add(chain, grammar_sampler(vocab, options.grammar))
+        except BaseException:
+            llama_cpp.llama_sampler_free(chain)
+            raise
     if options.temperature <= 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
@@ -21,3 +54,73 @@ def sampler_chain(options: GenerationOptions) -> Any:
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(options.temperature))
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+class TokenSampler:
+    """Draws each next token with ``sampler_chain(options)`` and feeds it back into the chain's state.
+
+    Free text goes through ``llama_sampler_sample``. Under a grammar the draw is done step by step, for two
+    reasons. Tokens that are not whole UTF-8 text on their own (byte-fallback pieces such as ``<0xE0>``) are
+    ruled out first: llama.cpp's grammar decodes UTF-8 leniently (an overlong or surrogate sequence passes as
+    a character), so they could make text that Python counts differently (``maxLength``) or, for a sequence
+    that decodes to NUL, make llama.cpp abort. Characters outside the vocabulary's pieces remain reachable as
+    JSON ``\\u`` escapes. And a step where the grammar allows no token raises ``StructuredOutputError``
+    instead of accepting a token the grammar refuses (which aborts llama.cpp).
+    """
+
+    def __init__(self, options: GenerationOptions, vocab: Any):
+        self.chain = sampler_chain(options, vocab)
+        self.constrained = options.grammar is not None
+        if self.constrained:
+            n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+            self._array = (llama_cpp.llama_token_data * n_vocab)()
+            self._data = np.frombuffer(memoryview(self._array), dtype=_TOKEN_DATA)
+            self._ids = np.arange(n_vocab, dtype=np.int32)
+            self._broken = broken_tokens(vocab, n_vocab)
+            self._n_vocab = n_vocab
+
+    def sample(self, context: Any) -> int:
+        """The next token after the last evaluated position, accepted into the chain.
+
+        Raises:
+            StructuredOutputError: the grammar allows no token here.
+        """
+        if not self.constrained:
+            return int(llama_cpp.llama_sampler_sample(self.chain, context, -1))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context, -1), shape=(self._n_vocab,))
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        self._data["logit"][self._broken] = -np.inf
+        candidates = llama_cpp.llama_token_data_array(
+            ctypes.cast(self._array, llama_cpp.llama_token_data_p), self._n_vocab, -1, False
+        )
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(candidates))
+        chosen = candidates.data[max(candidates.selected, 0)]
+        if candidates.selected < 0 or not math.isfinite(chosen.logit):
+            raise StructuredOutputError("No token of this model can continue the answer under its grammar (a "
+                                        "character the vocabulary cannot write?); simplify the schema or grammar.")
+        llama_cpp.llama_sampler_accept(self.chain, chosen.id)
+        return int(chosen.id)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            llama_cpp.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+def broken_tokens(vocab: Any, n_vocab: int) -> np.ndarray:
+    """Ids of the tokens whose bytes are not valid UTF-8 on their own; cached per vocabulary."""
+    step = max(1, n_vocab // _FINGERPRINT_TOKENS)
+    fingerprint = b"\0".join(token_piece(vocab, token) for token in range(0, n_vocab, step))
+    key = (ctypes.cast(vocab, ctypes.c_void_p).value or 0, n_vocab, fingerprint)
+    if key not in _broken_tokens_cache:
+        broken = []
+        for token in range(n_vocab):
+            try:
+                token_piece(vocab, token).decode("utf-8")
+            except UnicodeDecodeError:
+                broken.append(token)
+        _broken_tokens_cache.clear()  # one model is resident at a time
+        _broken_tokens_cache[key] = np.array(broken, dtype=np.int64)
+    return _broken_tokens_cache[key]

@@ -42,6 +42,7 @@ from llava_edge.server.chat import (
     resident_names,
     swap_target,
 )
+from llava_edge.server.response_format import ollama_structure
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
 
@@ -115,7 +116,7 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream must be true or false.", parameter="stream")
         call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                        model=swap_target(model, service))
+                        model=swap_target(model, service), structure=ollama_structure(body))
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
@@ -130,9 +131,6 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    if body.get("format") not in (None, ""):
-        raise InvalidRequestError("format (structured output) is not supported by this server yet.",
-                                  parameter="format")
     for name in ("context", "tools", "suffix"):
         if body.get(name):
             raise InvalidRequestError(f"{name} is not supported by this server.", parameter=name)

@@ -2,9 +2,9 @@
 
 Requests become one caption call (``chat.py``) through the same queue and model worker as Runware tasks;
 answers and errors take OpenAI's shapes, so the official ``openai`` client works by changing ``base_url``.
-Fields that change what a real server would answer (``n`` > 1, tools, ``response_format`` other than
-text, penalties, logprobs) are refused with a 400 rather than ignored; harmless ones (``user``,
-``metadata``, ``store``) are ignored as real servers do.
+``response_format`` (``json_object``, ``json_schema``) constrains the answer to JSON (``response_format.py``).
+Fields that change what a real server would answer (``n`` > 1, tools, penalties, logprobs) are refused with a
+400 rather than ignored; harmless ones (``user``, ``metadata``, ``store``) are ignored as real servers do.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from llava_edge.server.chat import (
     resident_names,
     swap_target,
 )
+from llava_edge.server.response_format import openai_structure
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import ChatCall, TaskService
 
@@ -115,7 +116,7 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
-                    model=swap_target(model, service))
+                    model=swap_target(model, service), structure=openai_structure(body.get("response_format")))
     return call, model, stream
 
 
@@ -124,10 +125,6 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         if name in body and body[name] not in (default, None):
             raise InvalidRequestError(f"{name}={json.dumps(body[name])[:60]} is not supported by this server.",
                                       code="unsupported_parameter", parameter=name)
-    response_format = body.get("response_format")
-    if response_format not in (None, {"type": "text"}):
-        raise InvalidRequestError("response_format: only {\"type\": \"text\"} is supported so far.",
-                                  code="unsupported_parameter", parameter="response_format")
 
 
 def _turns(messages: object) -> tuple[list[Turn], str]:

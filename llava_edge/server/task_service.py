@@ -42,6 +42,7 @@ from llava_edge.server.image_reading import fetching_from, in_daemon_thread, own
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_errors import failure, internal_error, require_task_uuid, shutdown_failure, unknown_task
 from llava_edge.server.task_results import Outcome, TaskRegistry
+from llava_edge.structured import StructuredOutput
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -72,6 +73,8 @@ class ChatCall:
     """Set when nobody waits for the answer any more (the client left): the caption stops at its next step."""
     model: str | None = None
     """Another installed model the request named: it is swapped in (a ``LOAD`` progress event) first."""
+    structure: StructuredOutput | None = None
+    """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
 
 
 @dataclass(eq=False)
@@ -326,6 +329,7 @@ class TaskService:
             yield item
         finally:
             streamed.cancelled.set()
+            self._cancel_if_running(lambda job: job.chat is streamed)  # stops a llama.cpp batch under way
 
     def _admit(self, raw: dict[str, Any], request: CaptionRequest, *, chat: ChatCall | None = None) -> _Job:
         """Register the task and take it in, unless the queue is full or the server is shutting down."""
@@ -431,7 +435,7 @@ class TaskService:
             if call.model is not None:
                 self._swap_to(call.model, call.on_event)
             with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
-                                               options=call.options)) as events:
+                                               options=call.options, schema=call.structure)) as events:
                 for event in events:
                     if call.cancelled.is_set():
                         raise CaptionCancelledError("The client left; the caption was stopped.")
@@ -479,10 +483,17 @@ class TaskService:
             return
         job.abandoned.set()
         if running:
-            self.captioner.runtime.cancel()  # also stops a llama.cpp batch under way
+            self._cancel_if_running(lambda running_job: running_job is job)  # also stops a llama.cpp batch
         else:
             self._complete(job, failure(CaptionCancelledError("The client left before this task ran."),
                                          job.request))
+
+    def _cancel_if_running(self, which: Callable[[_Job], bool]) -> None:
+        """Cancel the caption in the model if the running job is ``which`` one, inside llama.cpp (the batch
+        under way stops). Under the lock, so a job that just ended cannot have its successor cancelled."""
+        with self._lock:
+            if self._running is not None and not self._running.completed.is_set() and which(self._running):
+                self.captioner.runtime.cancel()
 
     def _complete(self, job: _Job, outcome: Outcome) -> bool:
         """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption

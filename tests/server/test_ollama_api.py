@@ -78,7 +78,8 @@ def test_errors_are_ollama_s(serve: Callable[..., LiveServer], png: bytes) -> No
         client.generate(model="mistral", prompt="hi", images=[png], stream=False)
     assert unknown.value.status_code == 404 and "not on this machine" in unknown.value.error
     with pytest.raises(ollama.ResponseError) as structured:
-        client.generate(model="llava", prompt="hi", images=[png], format="json", stream=False)
+        client.generate(model="llava", prompt="hi", images=[png], format={"type": "integer", "minimum": 1},
+                        stream=False)
     assert structured.value.status_code == 400 and "format" in structured.value.error
     too_big = httpx.post(f"{server.http}/api/generate", json={"model": "llava", "prompt": "hi", "images": [b64(png)],
                                                               "options": {"num_ctx": 1 << 20}, "stream": False})

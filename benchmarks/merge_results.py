@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from llava_edge.bench.runner import add_decode_ceiling
 from llava_edge.bench.report import load_report, write_outputs
+from llava_edge.bench.runner import add_decode_ceiling
 
 
 def main() -> None:

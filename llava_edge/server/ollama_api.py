@@ -42,9 +42,10 @@ from llava_edge.server.chat import (
     resident_names,
     swap_target,
 )
+from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
 from llava_edge.server.task_results import Outcome
-from llava_edge.server.task_service import ChatCall, TaskService
+from llava_edge.server.task_service import TaskService
 
 OLLAMA_COMPATIBLE_VERSION = "0.12.0"
 """Reported by ``/api/version``: the Ollama API level these routes follow (clients gate features on it)."""

@@ -38,9 +38,10 @@ from llava_edge.server.chat import (
     resident_names,
     swap_target,
 )
+from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
 from llava_edge.server.task_results import Outcome
-from llava_edge.server.task_service import ChatCall, TaskService
+from llava_edge.server.task_service import TaskService
 
 _REFUSED_UNLESS_DEFAULT: dict[str, Any] = {
     "n": 1, "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logprobs": False,

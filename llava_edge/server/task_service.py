@@ -26,55 +26,30 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, InvalidStateError
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from llava_edge.api import CaptionDone
-from llava_edge.errors import CaptionCancelledError, InvalidRequestError, LlavaEdgeError, ServerBusyError
-from llava_edge.events import LOAD, Progress, TextDelta
-from llava_edge.generation import GenerationOptions
-from llava_edge.images import decode_image_bytes, read_image_bytes
+from llava_edge.errors import CaptionCancelledError, LlavaEdgeError, ServerBusyError
+from llava_edge.events import Progress, TextDelta
+from llava_edge.images import read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
 from llava_edge.server.delivery import Deliverer
-from llava_edge.server.image_reading import fetching_from, in_daemon_thread, own_image_uuid
+from llava_edge.server.image_reading import in_daemon_thread, own_image_uuid
+from llava_edge.server.resident_model import ChatCall, ResidentModel
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_errors import failure, internal_error, require_task_uuid, shutdown_failure, unknown_task
 from llava_edge.server.task_results import Outcome, TaskRegistry
-from llava_edge.structured import StructuredOutput
+from llava_edge.server.uploads import UPLOAD_TASK_TYPE, ImageUploads
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
 
-UPLOAD_TASK_TYPE = "imageUpload"
-UPLOADS_AT_ONCE = 2
-"""Uploads decoded at the same time (each may hold a 40-megapixel image in memory)."""
 READS_AT_ONCE = 4
 """Caption images read at the same time (URL fetches, base64 decodes), outside the model thread."""
 CANCEL_GRACE = 5.0
 """Seconds a caption cancelled at the shutdown deadline gets to unwind, so the model can be closed."""
 _log = logging.getLogger("llava_edge.server.task_service")
-
-
-@dataclass(frozen=True)
-class ChatCall:
-    """A caption asked through the OpenAI or Ollama API: the images, the rendered prompt (one text per
-    image, text ``i`` following image ``i``) and the options. Its outcome carries the ``CaptionResult``
-    (timings and token counts), not a Runware item."""
-
-    images: tuple[str, ...]
-    prompt: tuple[str, ...]
-    options: GenerationOptions
-    detail: str = "auto"
-    on_event: Callable[[Progress | TextDelta], None] | None = None
-    """Called from the model thread with each progress event and text delta, as they come."""
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    """Set when nobody waits for the answer any more (the client left): the caption stops at its next step."""
-    model: str | None = None
-    """Another installed model the request named: it is swapped in (a ``LOAD`` progress event) first."""
-    structure: StructuredOutput | None = None
-    """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
 
 
 @dataclass(eq=False)
@@ -96,7 +71,7 @@ class TaskService:
     """Answers Runware tasks with one loaded ``Captioner``; see the module docstring."""
 
     def __init__(self, captioner: Captioner, settings: ServerSettings):
-        self.captioner = fetching_from(captioner, settings)
+        self.resident = ResidentModel(captioner, settings)
         self.settings = settings
         self.registry = TaskRegistry(max_kept=settings.max_kept_results)
         self.auth = AuthGate(settings)
@@ -122,15 +97,17 @@ class TaskService:
         self._drainer: threading.Thread | None = None
         self._worker = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
         self.worker_restarts = 0
-        self._swapped_in: Captioner | None = None
-        """A model this service loaded itself (a swap): it closes it when it stops."""
-        self._upload_slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
         self._readers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
-            "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: self._upload,
+            "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: ImageUploads(self.resident),
             "getResponse": self._get_response, "ping": self._ping,
         }
+
+    @property
+    def captioner(self) -> Captioner:
+        """The resident model (it changes when a chat call swaps another in)."""
+        return self.resident.captioner
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -167,8 +144,8 @@ class TaskService:
             self._drainer.join()  # returns by the deadline: the drain never waits on the model itself
         self._wait_for_model(CANCEL_GRACE)  # a cancelled caption unwinds at its next llama.cpp batch
         self.deliverer.close(self.settings.delivery_flush_timeout, cancel=self._hurry)
-        if self.model_idle and self._swapped_in is not None:
-            self._swapped_in.close()
+        if self.model_idle:
+            self.resident.close()
         return self.model_idle
 
     def _wait_for_model(self, seconds: float) -> None:
@@ -260,37 +237,6 @@ class TaskService:
         if outcome is None:
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"})
         return outcome.with_status()
-
-    async def _upload(self, raw: dict[str, Any], base_url: str) -> Outcome:
-        task_uuid = require_task_uuid(raw)
-        unknown = sorted(set(raw) - {"taskType", "taskUUID", "image"})
-        if unknown:
-            raise InvalidRequestError(
-                f"Unknown parameter {unknown[0]!r} for imageUpload; send taskType, taskUUID and image.",
-                code="unsupportedParameter", parameter=unknown[0],
-            )
-        image = raw.get("image")
-        if not isinstance(image, str) or not image.strip():
-            raise InvalidRequestError(
-                "image is required: a data URI, base64 string or URL.", code="missingImage", parameter="image"
-            )
-        async with self._upload_slots:
-            name = await in_daemon_thread(self._store_image, image)
-        image_uuid = name.split(".", 1)[0]
-        return Outcome({"taskType": UPLOAD_TASK_TYPE, "taskUUID": task_uuid, "imageUUID": image_uuid,
-                        "imageURL": f"{base_url}images/{name}"})
-
-    def _store_image(self, image: str) -> str:
-        """Validate (decode) an uploaded image and store its bytes; answers the stored file name."""
-        limits = replace(self.captioner.image_limits, allow_paths=False)
-        store = self.captioner.image_store
-        try:
-            data = read_image_bytes(image, limits=limits, store=store)
-            decode_image_bytes(data, limits)
-            return store.path(store.put(data)).name
-        except LlavaEdgeError as err:
-            err.parameter = "image"
-            raise
 
     async def _caption(self, raw: dict[str, Any], base_url: str) -> Outcome:
         request = parse_caption_request(raw)
@@ -416,7 +362,7 @@ class TaskService:
 
     def _caption_now(self, job: _Job) -> Outcome:
         if job.chat is not None:
-            return self._chat_now(job.chat, job.images)
+            return self.resident.run_chat(job.chat, job.images)
         try:
             return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.images[0],
                                                    cancelled=job.abandoned))
@@ -426,50 +372,6 @@ class TaskService:
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
             return failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
                             job.request)
-
-    def _chat_now(self, call: ChatCall, images: list[bytes]) -> Outcome:
-        """Run a chat call's caption as a stream: events go to ``on_event``; a cancelled call stops at the
-        next step (closing the stream cancels the caption)."""
-        sources: list[Any] = list(images)
-        try:
-            if call.model is not None:
-                self._swap_to(call.model, call.on_event)
-            with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
-                                               options=call.options, schema=call.structure)) as events:
-                for event in events:
-                    if call.cancelled.is_set():
-                        raise CaptionCancelledError("The client left; the caption was stopped.")
-                    if isinstance(event, CaptionDone):
-                        return Outcome({"text": event.result.text}, result=event.result)
-                    if call.on_event is not None:
-                        call.on_event(event)
-        except LlavaEdgeError as err:
-            return Outcome.failure(err)
-        return Outcome.failure(LlavaEdgeError("The caption ended without a result."))
-
-    def _swap_to(self, model: str, on_event: Callable[[Progress | TextDelta], None] | None) -> None:
-        """Make ``model`` the resident one, in the model thread between two captions. The current model is
-        closed first (one is resident at a time); should the new one fail to load, the previous one is loaded
-        again and the error is this call's."""
-        if model == self.captioner.model_name:
-            return
-        report = on_event or (lambda event: None)
-        began = time.perf_counter()
-        report(Progress.measured(LOAD, 0, 1, 0.0))
-        previous = self.captioner
-        previous.close()
-        try:
-            loaded = previous.another(model)
-        except LlavaEdgeError:
-            self._install(previous.another(previous.model_name))
-            raise
-        self._install(loaded)
-        _log.info("swapped %s out and %s in (%.1f s)", previous.model_name, model, time.perf_counter() - began)
-        report(Progress.measured(LOAD, 1, 1, time.perf_counter() - began))
-
-    def _install(self, captioner: Captioner) -> None:
-        self.captioner = fetching_from(captioner, self.settings)
-        self._swapped_in = captioner
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

@@ -224,7 +224,7 @@ def spy_on_chats(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> tuple[lis
     service = live.service
     seen: list[object] = []
     outcomes: list[Any] = []
-    real_chat, real_complete = service._chat_now, service._complete
+    real_chat, real_complete = service.resident.run_chat, service._complete
 
     def chat_now(call: Any, images: Any) -> Any:
         forward = call.on_event
@@ -239,7 +239,7 @@ def spy_on_chats(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> tuple[lis
         outcomes.append(outcome)
         return bool(real_complete(job, outcome))
 
-    monkeypatch.setattr(service, "_chat_now", chat_now)
+    monkeypatch.setattr(service.resident, "run_chat", chat_now)
     monkeypatch.setattr(service, "_complete", complete)
     return seen, outcomes
 

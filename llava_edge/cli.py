@@ -107,7 +107,14 @@ def main() -> None:
     """Caption images offline with LLaVA-1.6-Mistral-7B, speaking the Runware caption API."""
 
 
-main.add_command(eval_command)  # quality loss per quantization variant: llava_edge/evaluation
+def _with_user_errors(command: click.Command) -> click.Command:
+    """A wing's command, its ``LlavaEdgeError``s shown as one line like the CLI's own commands'."""
+    if command.callback is not None:
+        command.callback = _user_errors(command.callback)
+    return command
+
+
+main.add_command(_with_user_errors(eval_command))  # quality loss per quantization variant: llava_edge/evaluation
 
 
 @main.command()

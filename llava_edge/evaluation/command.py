@@ -3,26 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
-
-from llava_edge.errors import LlavaEdgeError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors(function: F) -> F:
-    @wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except LlavaEdgeError as err:
-            raise click.ClickException(f"{err} [{err.code}]") from err
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.command("eval")
@@ -50,14 +32,14 @@ def _user_errors(function: F) -> F:
 @click.option("--out", type=click.Path(file_okay=False), default="eval-results", show_default=True)
 @click.option("--name", default=None, help="File name stem (default: eval-<UTC time>).")
 @click.option("--no-chart", is_flag=True, help="Skip the PNG chart (needs matplotlib, the bench extra).")
-@_user_errors
 def eval_command(variants: tuple[str, ...], ladder: bool, reference: str | None, mmproj: str | None,
                  images_dir: str | None, limit: int | None, details: tuple[str, ...], prompt: str | None,
                  max_tokens: int, score_tokens: int | None, warmup: int, threads: int | None, n_ctx: int | None,
                  registry: str | None, out: str, name: str | None, no_chart: bool) -> None:
     """Compare quantization VARIANTS (default: every downloaded one) against a reference: quality loss
     (KL, top-1 agreement, caption NLL), speed per stage, peak RSS and file size; write JSON, markdown and
-    a chart. VARIANTS are variant ids, synthetic-<preset>, synthetic-ladder[-<type>] or text-model paths."""
+    a chart. VARIANTS are variant ids, synthetic-<preset>, synthetic-ladder[-<type>] or text-model paths.
+    Errors are ``LlavaEdgeError``s: the CLI that registers this command shows them as one line."""
     from llava_edge.evaluation.eval_set import load_eval_set
     from llava_edge.evaluation.report import write_outputs
     from llava_edge.evaluation.runner import EVAL_PROMPT, EvalSettings, run_eval

@@ -144,13 +144,7 @@ def eval_text(
     try:
         for offset in range(0, len(tokens), n_batch):
             part = tokens[offset:offset + n_batch]
-            batch.n_tokens = len(part)
-            for index, token in enumerate(part):
-                batch.token[index] = token
-                batch.pos[index] = n_past + offset + index
-                batch.n_seq_id[index] = 1
-                batch.seq_id[index][0] = 0
-                batch.logits[index] = False
+            fill_batch(batch, part, n_past + offset, logits=False)
             if last and offset + len(part) == len(tokens):
                 batch.logits[len(part) - 1] = True
             began = time.perf_counter()
@@ -161,6 +155,17 @@ def eval_text(
             yield PREFILL, len(part), time.perf_counter() - began
     finally:
         llama_cpp.llama_batch_free(batch)
+
+
+def fill_batch(batch: Any, tokens: Sequence[int], first_pos: int, *, logits: bool) -> None:
+    """Put ``tokens`` in ``batch`` (sequence 0) at positions from ``first_pos``; logits for all or none."""
+    batch.n_tokens = len(tokens)
+    for index, token in enumerate(tokens):
+        batch.token[index] = token
+        batch.pos[index] = first_pos + index
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = 0
+        batch.logits[index] = logits
 
 
 class _EmbeddingBatch:

@@ -22,6 +22,7 @@ from llava_edge.errors import RuntimeBackendError
 from llava_edge.generation import image_tokens, prompt_tokens
 from llava_edge.runtime.backend import raise_if_interrupted
 from llava_edge.runtime.engine import LlavaRuntime
+from llava_edge.runtime.image_eval import fill_batch
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,7 @@ def _teacher_rows(
     try:
         for offset in range(0, len(tokens), n_batch):
             part = tokens[offset:offset + n_batch]
-            batch.n_tokens = len(part)
-            for index, token in enumerate(part):
-                batch.token[index] = token
-                batch.pos[index] = n_past + offset + index
-                batch.n_seq_id[index] = 1
-                batch.seq_id[index][0] = 0
-                batch.logits[index] = True
+            fill_batch(batch, part, n_past + offset, logits=True)
             status = llama_cpp.llama_decode(context, batch)
             if status != 0:
                 raise RuntimeBackendError(f"llama.cpp failed to evaluate the caption to score (status {status}).")

@@ -186,16 +186,27 @@ def _installed(service: TaskService) -> dict[str, str]:
     return installed_models(registry=_registry_path(service), cache_dir=cache_dir)
 
 
-def check_model(name: object, service: TaskService) -> str:
-    """The requested model name when it names the resident model or another installed one.
+@dataclass(frozen=True)
+class RequestedModel:
+    """A chat request's ``model``, resolved once."""
+
+    name: str
+    """As the request gave it: answers echo it."""
+    swap: str | None
+    """The installed model to swap in before answering; None when the name is the resident model's."""
+
+
+def check_model(name: object, service: TaskService) -> RequestedModel:
+    """The requested model when it names the resident model or another installed one.
 
     Raises:
         UnknownModelError: a model that is not on this machine.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
-    if swap_target(name, service) is not None or name.strip().lower() in _lowered(resident_names(service)):
-        return name
+    swap = _swap_target(name, service)
+    if swap is not None or name.strip().lower() in _lowered(resident_names(service)):
+        return RequestedModel(name, swap)
     installed = installed_model_ids(service)
     raise UnknownModelError(
         f"Model {name[:80]!r} is not on this machine. Installed: {', '.join(installed[:8])}; "
@@ -205,7 +216,7 @@ def check_model(name: object, service: TaskService) -> str:
     )
 
 
-def swap_target(name: str, service: TaskService) -> str | None:
+def _swap_target(name: str, service: TaskService) -> str | None:
     """The installed model to swap in for a request naming ``name``; None when it names the resident one
     (or nothing installed)."""
     key = name.strip().lower()

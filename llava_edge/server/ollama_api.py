@@ -40,7 +40,6 @@ from llava_edge.server.chat import (
     parse_stop,
     quantization_of,
     resident_names,
-    swap_target,
 )
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
@@ -69,10 +68,10 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
         try:
             authenticate_request(request, service)
             body = parse_json_object(await request.body())
-            name = check_model(body.get("model", body.get("name")), service)
+            requested = check_model(body.get("model", body.get("name")), service)
         except LlavaEdgeError as err:
             return ollama_error(err)
-        entry = _model_entry(service, swap_target(name, service) or service.captioner.model_name)
+        entry = _model_entry(service, requested.swap or service.captioner.model_name)
         return JSONResponse({"modelfile": "", "parameters": "", "template": service.captioner.files.template,
                              "details": entry["details"], "model_info": {"general.architecture": "llama"},
                              "capabilities": ["completion", "vision"], "modified_at": entry["modified_at"]})
@@ -109,7 +108,8 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
     try:
         authenticate_request(request, service)
         body = parse_json_object(await request.body())
-        model = check_model(body.get("model"), service)
+        requested = check_model(body.get("model"), service)
+        model = requested.name
         _refuse_unsupported(body)
         turns = _chat_turns(body) if chat else _generate_turns(body)
         options = _options(body.get("options"), service)
@@ -117,7 +117,7 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream must be true or false.", parameter="stream")
         call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                        model=swap_target(model, service), structure=ollama_structure(body))
+                        model=requested.swap, structure=ollama_structure(body))
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:

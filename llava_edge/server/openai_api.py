@@ -36,7 +36,6 @@ from llava_edge.server.chat import (
     parse_number,
     parse_stop,
     resident_names,
-    swap_target,
 )
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
@@ -109,7 +108,7 @@ def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
 
 
 def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:
-    model = check_model(body.get("model"), service)
+    requested = check_model(body.get("model"), service)
     _refuse_unsupported(body)
     turns, detail = _turns(body.get("messages"))
     options = _options(body, service.captioner.generation)
@@ -117,8 +116,8 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
-                    model=swap_target(model, service), structure=openai_structure(body.get("response_format")))
-    return call, model, stream
+                    model=requested.swap, structure=openai_structure(body.get("response_format")))
+    return call, requested.name, stream
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:

@@ -191,10 +191,7 @@ class LlavaRuntime:
         images, text = _checked(image, prompt)
         generation: Generation | None = None
         with self._lock:
-            if self._ctx is None:
-                raise RuntimeBackendError("This model was closed; load it again to caption.")
-            self._cancelled.clear()
-            llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
+            self._begin_call()
             started = time.perf_counter()
             with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
                 layout = tokenized.layout()
@@ -231,10 +228,7 @@ class LlavaRuntime:
         """
         images, text = _checked(image, prompt)
         with self._lock:
-            if self._ctx is None:
-                raise RuntimeBackendError("This model was closed; load it again to caption.")
-            self._cancelled.clear()
-            llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
+            self._begin_call()
             with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
                 layout = tokenized.layout()
                 self._check_budget(layout, reserve, len(images), reserved_for)
@@ -242,6 +236,13 @@ class LlavaRuntime:
                     raise_if_interrupted()
             n_past = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0)) + 1
             yield EvaluatedPrompt(self._ctx, self._vocab, layout, n_past)
+
+    def _begin_call(self) -> None:
+        """Under the lock, before any work: refuse a closed model; clear a cancel left by the last call."""
+        if self._ctx is None:
+            raise RuntimeBackendError("This model was closed; load it again to caption.")
+        self._cancelled.clear()
+        llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
 
     def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int,
                       reserved_for: str = "max_tokens") -> None:

@@ -194,10 +194,9 @@ def build_synthetic_pair(
     spec = PRESETS.get(preset)
     if spec is None:
         raise UnknownModelError(f"Unknown synthetic preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
-    root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "synthetic"
-    target = root / f"{spec.name}-seed{seed}-v{FORMAT_VERSION}"
+    target = _pair_dir(spec, cache_dir, seed)
     if not _is_complete(target):
-        root.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with build_lock(target):
             if not _is_complete(target):
                 _build_atomically(spec, seed, target, _quantizer_for(spec, quantize))
@@ -206,9 +205,13 @@ def build_synthetic_pair(
 
 def built_synthetic_presets(*, cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> list[str]:
     """The presets whose pair is already built in the cache (nothing is built), smallest first."""
+    return [name for name, spec in PRESETS.items() if _is_complete(_pair_dir(spec, cache_dir, seed))]
+
+
+def _pair_dir(spec: SyntheticPreset, cache_dir: str | os.PathLike[str] | None, seed: int) -> Path:
+    """Where a preset's pair lives: ``<cache>/synthetic/<name>-seed<seed>-v<format>``."""
     root = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "synthetic"
-    return [name for name, spec in PRESETS.items()
-            if _is_complete(root / f"{spec.name}-seed{seed}-v{FORMAT_VERSION}")]
+    return root / f"{spec.name}-seed{seed}-v{FORMAT_VERSION}"
 
 
 def text_tensors(shape: TextShape) -> list[TensorSpec]:

@@ -14,21 +14,21 @@ import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
-from llava_edge.errors import CaptionCancelledError, ContextOverflowError, RuntimeBackendError
-from llava_edge.events import ENCODE, PREFILL, Progress, TextDelta
+from llava_edge.errors import CaptionCancelledError, RuntimeBackendError
+from llava_edge.events import ENCODE, Progress, TextDelta
 from llava_edge.generation import (
+    UNTIL_CONTEXT_FULL,
     Generation,
     GenerationOptions,
     PromptChunk,
     RuntimeOptions,
-    image_tokens,
     prompt_tokens,
 )
 from llava_edge.models.catalog import ModelFiles
@@ -42,9 +42,11 @@ from llava_edge.runtime.backend import (
     offload_plan,
     raise_if_interrupted,
 )
+from llava_edge.runtime.context_budget import Meter, check_context
 from llava_edge.runtime.decoding import Decoder, token_piece
 from llava_edge.runtime.image_eval import Tokenized, eval_image, eval_text
 from llava_edge.runtime.loading import identity, load_model, new_context, new_mtmd
+from llava_edge.runtime.text_prefix import eval_text_prompt
 
 RuntimeEvent = Progress | TextDelta | Generation
 """What ``LlavaRuntime.stream`` yields: progress, text deltas, and the ``Generation`` last."""
@@ -91,6 +93,8 @@ class LlavaRuntime:
         self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes, self.options.prefix_cache_dir)
         self._resident: tuple[str, int] | None = None
         """(prefix key, positions) of the image prefix now in the context, from the last call."""
+        self._text_resident: tuple[int, ...] | None = None
+        """The tokens of the text-only prompt now in the context, from the last call."""
         self._identity = identity(files, self.options)
 
     @property
@@ -141,21 +145,23 @@ class LlavaRuntime:
         """The text of a token sequence."""
         return b"".join(token_piece(self._vocab, token) for token in tokens).decode("utf-8", "replace")
 
-    def prompt_text(self, prompt: str | Sequence[str]) -> str:
+    def prompt_text(self, prompt: str | Sequence[str], *, images: int = 1) -> str:
         """The full prompt as fed to libmtmd: the pinned template with the media marker for the image.
 
         ``prompt`` is one text, or one text per image (several images): text ``i`` follows image ``i``, the
         first image sits where the template puts it and each later one right before its text. Markers
-        inside the texts are removed, so a prompt cannot add images of its own."""
+        inside the texts are removed, so a prompt cannot add images of its own. With no image (``images`` 0)
+        the template's image slot and the line break after it are left out."""
         parts = [prompt] if isinstance(prompt, str) else list(prompt)
         safe = [part.replace(self._marker, "") for part in parts]
         text = safe[0] + "".join(self._marker + part for part in safe[1:])
-        return self.files.template.replace("{image}", self._marker).replace("{prompt}", text)
+        template = self.files.template if images else _without_image(self.files.template)
+        return template.replace("{image}", self._marker).replace("{prompt}", text)
 
     def layout(self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]) -> list[PromptChunk]:
         """Tokenize without evaluating: the text tokens and image token counts the model would see."""
         images, text = _checked(image, prompt)
-        with self._lock, Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
+        with self._lock, Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
             return tokenized.layout()
 
     def generate(
@@ -193,9 +199,10 @@ class LlavaRuntime:
         with self._lock:
             self._begin_call()
             started = time.perf_counter()
-            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
+            with Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
                 layout = tokenized.layout()
-                self._check_budget(layout, options.max_tokens, len(images))
+                options = self._resolved(options, layout)
+                check_context(layout, self.n_ctx, options.max_tokens, len(images))
                 stages = yield from self._evaluate(tokenized)
             raise_if_interrupted()
             self._raise_if_cancelled()
@@ -229,9 +236,9 @@ class LlavaRuntime:
         images, text = _checked(image, prompt)
         with self._lock:
             self._begin_call()
-            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
+            with Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
                 layout = tokenized.layout()
-                self._check_budget(layout, reserve, len(images), reserved_for)
+                check_context(layout, self.n_ctx, reserve, len(images), reserved_for)
                 for _ in self._evaluate(tokenized):
                     raise_if_interrupted()
             n_past = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0)) + 1
@@ -244,19 +251,12 @@ class LlavaRuntime:
         self._cancelled.clear()
         llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
 
-    def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int,
-                      reserved_for: str = "max_tokens") -> None:
-        image, prompt = image_tokens(layout), prompt_tokens(layout)
-        if prompt + max_tokens > self.n_ctx:
-            blamed = "maxTokens" if prompt < self.n_ctx else "prompt"
-            images = "image" if n_images == 1 else f"{n_images} images"
-            raise ContextOverflowError(
-                f"The {images} ({image} tokens) plus prompt ({prompt - image} tokens) plus "
-                f"{reserved_for} ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
-                f"{'Send fewer images, use' if n_images > 1 else 'Lower max_tokens, use'} detail=\"low\", "
-                "or load the model with a larger n_ctx.",
-                parameter=blamed,
-            )
+    def _resolved(self, options: GenerationOptions, layout: list[PromptChunk]) -> GenerationOptions:
+        """``options`` with the context-relative values made absolute: ``UNTIL_CONTEXT_FULL`` tokens and a
+        penalty window of -1 (the whole context)."""
+        if options.max_tokens == UNTIL_CONTEXT_FULL:
+            options = replace(options, max_tokens=max(1, self.n_ctx - prompt_tokens(layout)))
+        return replace(options, repeat_last_n=self.n_ctx) if options.repeat_last_n < 0 else options
 
     def _evaluate(self, tokenized: Tokenized) -> Generator[Progress, None, dict[str, Any]]:
         """Evaluate every chunk, reporting progress; returns seconds per stage.
@@ -268,13 +268,18 @@ class LlavaRuntime:
         stopped part-way leaves the next call to clear or trim the context."""
         stages: dict[str, Any] = {"image_encode_s": 0.0, "image_prefill_s": 0.0, "text_prefill_s": 0.0}
         count, prefix_end = tokenized.count, tokenized.prefix_end
+        text_resident, self._text_resident = self._text_resident, None
+        if prefix_end == 0:  # no image: reuse the last text prompt's tokens instead
+            self._resident = None
+            yield from self._evaluate_text(tokenized, text_resident, stages)
+            return stages
         key = self._prefix_key(tokenized) if prefix_end else None
         resident, self._resident = self._resident, None
         n_past = self._reuse_resident(resident, key, stages)
         if n_past is None:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
             n_past = self._restore_prefix(key, stages) if key and self.prefix_cache.enabled else None
-        meter = _Meter(tokenized, range(prefix_end if n_past is not None else 0, count))
+        meter = Meter(tokenized, range(prefix_end if n_past is not None else 0, count))
         yield from meter.start()
         if n_past is None:
             n_past = yield from self._eval_chunks(tokenized, range(prefix_end), 0, stages, meter)
@@ -283,6 +288,23 @@ class LlavaRuntime:
         self._resident = (key, n_past) if key else None
         yield from self._eval_chunks(tokenized, range(prefix_end, count), n_past, stages, meter)
         return stages
+
+    def _evaluate_text(
+        self, tokenized: Tokenized, resident: tuple[int, ...] | None, stages: dict[str, Any]
+    ) -> Generator[Progress, None, None]:
+        """A text-only prompt, from the longest prefix it shares with the last one (``text_prefix``)."""
+        tokens = tuple(token for index in range(tokenized.count) for token in tokenized.text_tokens(index))
+        steps = eval_text_prompt(self._ctx, tokens, resident, self.options.n_batch, self._raise_if_cancelled)
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as done:
+                stages["text_prefill_s"] = done.value[1]
+                break
+            yield progress
+            raise_if_interrupted()
+            self._raise_if_cancelled()
+        self._text_resident = tokens
 
     def _reuse_resident(
         self, resident: tuple[str, int] | None, key: str | None, stages: dict[str, Any]
@@ -297,7 +319,7 @@ class LlavaRuntime:
         return resident[1]
 
     def _eval_chunks(
-        self, tokenized: Tokenized, indices: range, n_past: int, stages: dict[str, Any], meter: _Meter
+        self, tokenized: Tokenized, indices: range, n_past: int, stages: dict[str, Any], meter: Meter
     ) -> Generator[Progress, None, int]:
         """Evaluate chunks from position ``n_past``, a progress event after every call into llama.cpp (the
         caller may stop there); the new n_past."""
@@ -348,35 +370,16 @@ class LlavaRuntime:
         return state.n_past
 
 
+def _without_image(template: str) -> str:
+    """A template for a text-only prompt: its image slot removed, with the line break that follows it."""
+    return template.replace("{image}\n", "").replace("{image}", "")
+
+
 def _checked(
     image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]
 ) -> tuple[list[Image.Image], str | list[str]]:
     """The images as a list, and the prompt: one text, or one text per image."""
     images = [image] if isinstance(image, Image.Image) else list(image)
-    if not images:
-        raise ValueError("give at least one image")
-    if not isinstance(prompt, str) and len(prompt) != len(images):
+    if not isinstance(prompt, str) and len(prompt) != max(len(images), 1):
         raise ValueError(f"give one prompt text per image: {len(images)} images, {len(prompt)} texts")
     return images, prompt if isinstance(prompt, str) else list(prompt)
-
-
-class _Meter:
-    """Counts the tiles encoded and prompt tokens evaluated by one call, as ``Progress`` events."""
-
-    def __init__(self, tokenized: Tokenized, indices: range):
-        images = [index for index in indices if tokenized.is_image(index)]
-        tokens = sum(int(mtmd.mtmd_input_chunk_get_n_tokens(tokenized.chunk(index))) for index in indices)
-        self.totals = {ENCODE: len(images), PREFILL: tokens}
-        self.done = {ENCODE: 0, PREFILL: 0}
-        self.elapsed = {ENCODE: 0.0, PREFILL: 0.0}
-
-    def start(self) -> Iterator[Progress]:
-        """A first event per stage with work to do (``done`` 0), so a display knows the totals at once."""
-        for stage in (ENCODE, PREFILL):
-            if self.totals[stage]:
-                yield Progress.measured(stage, 0, self.totals[stage], 0.0)
-
-    def step(self, stage: str, amount: int, seconds: float) -> Progress:
-        self.done[stage] += amount
-        self.elapsed[stage] += seconds
-        return Progress.measured(stage, self.done[stage], self.totals[stage], self.elapsed[stage])

@@ -38,18 +38,10 @@ except ImportError as err:  # pragma: no cover - exercised without the extra ins
 from llava_edge._version import __version__
 from llava_edge.errors import (
     AuthenticationError,
-    ConflictTaskUUIDError,
-    ImageStoreError,
     InvalidImageError,
     InvalidRequestError,
     LlavaEdgeError,
-    ModelNotCachedError,
     PayloadTooLargeError,
-    RuntimeBackendError,
-    ServerBusyError,
-    TaskNotFoundError,
-    TooManyAttemptsError,
-    UnknownModelError,
 )
 from llava_edge.schema import is_uuid4, task_identity
 from llava_edge.server.auth import bearer_key
@@ -61,6 +53,7 @@ from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPO
 from llava_edge.server.page import add_page_routes
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
+from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
@@ -68,30 +61,9 @@ if TYPE_CHECKING:
     from llava_edge.api import Captioner
 
 _log = logging.getLogger("llava_edge.server.app")
-_STATUS: dict[type[BaseException], int] = {
-    TooManyAttemptsError: 429,
-    AuthenticationError: 401,
-    TaskNotFoundError: 404,
-    ConflictTaskUUIDError: 409,
-    PayloadTooLargeError: 413,
-    InvalidRequestError: 400,
-    UnknownModelError: 400,
-    ModelNotCachedError: 503,
-    ServerBusyError: 503,
-    ImageStoreError: 507,
-    RuntimeBackendError: 500,
-}
 UNAUTHENTICATED_WS_S = 10.0
 """Seconds a WebSocket gets to authenticate before it is closed."""
 _IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
-
-
-def status_for(error: BaseException) -> int:
-    """The HTTP status of an error, by the nearest class in its MRO that has one (default 500)."""
-    for cls in type(error).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
 
 
 def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
@@ -252,7 +224,7 @@ def _envelope(outcomes: list[Outcome]) -> Response:
     if failures:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
-    headers = {"Retry-After": "2" if status == 503 else "60"} if status in (429, 503) else None
+    headers = retry_headers(status)
     # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
     return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 

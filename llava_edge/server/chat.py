@@ -6,11 +6,10 @@ authentication, and reading a JSON body.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from llava_edge.errors import (
     InvalidRequestError,
@@ -30,21 +29,6 @@ T = TypeVar("T")
 OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
                       "llava:7b-v1.6-mistral")
 """Names Ollama users type for this model; all mean the loaded variant."""
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object (an empty body is ``{}``).
-
-    Raises:
-        InvalidRequestError: not JSON, nested too deep, or not an object.
-    """
-    try:
-        value = json.loads(body or b"{}")
-    except (ValueError, RecursionError) as err:
-        raise InvalidRequestError("The body is not valid JSON.", code="invalidJson", parameter="body") from err
-    if not isinstance(value, dict):
-        raise InvalidRequestError("The body must be a JSON object.", code="invalidJson", parameter="body")
-    return value
 
 
 @functools.lru_cache(maxsize=8)

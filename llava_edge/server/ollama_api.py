@@ -9,6 +9,7 @@ routes read the body as JSON whatever its declared type; the Origin and Host che
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -23,13 +24,13 @@ from llava_edge._version import __version__
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import TextDelta
 from llava_edge.generation import GenerationOptions
+from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import (
     authenticate_request,
     check_model,
     first_and_rest,
     installed_files,
     installed_model_ids,
-    parse_json_object,
     quantization_of,
     resident_names,
 )
@@ -61,7 +62,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
     async def show(request: Request) -> Response:
         try:
             authenticate_request(request, service)
-            body = parse_json_object(await request.body())
+            body = await read_json_object(request, service.settings.max_body_bytes)
             requested = check_model(body.get("model", body.get("name")), service)
         except LlavaEdgeError as err:
             return ollama_error(err)
@@ -101,19 +102,10 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
     started = time.perf_counter()
     try:
         authenticate_request(request, service)
-        body = parse_json_object(await request.body())
-        requested = check_model(body.get("model"), service)
-        model = requested.name
-        check_fields(body, OLLAMA, where=request.url.path)
-        turns = _chat_turns(body) if chat else _generate_turns(body)
-        options = _options(body.get("options"), service, where=request.url.path)
-        stream = body.get("stream", True)
-        if not isinstance(stream, bool):
-            raise InvalidRequestError("stream must be true or false.", parameter="stream")
-        if not turns:
+        body = await read_json_object(request, service.settings.max_body_bytes)
+        model, call, stream = await asyncio.to_thread(_ollama_call, body, service, chat, request.url.path)
+        if call is None:
             return _loaded(model, chat, stream)
-        call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                        model=requested.swap, structure=ollama_structure(body))
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
@@ -125,6 +117,24 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
     if outcome.error is not None:
         return ollama_error(outcome.error)
     return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started))
+
+
+def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
+                 where: str) -> tuple[str, ChatCall | None, bool]:
+    """(model name to echo, the call or None for a load-only request, stream) of a generate or chat request;
+    read off the event loop (a ``format`` schema's grammar is built here)."""
+    requested = check_model(body.get("model"), service)
+    check_fields(body, OLLAMA, where=where)
+    turns = _chat_turns(body) if chat else _generate_turns(body)
+    options = _options(body.get("options"), service, where=where)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false.", parameter="stream")
+    if not turns:
+        return requested.name, None, stream
+    call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
+                    model=requested.swap, structure=ollama_structure(body))
+    return requested.name, call, stream
 
 
 def _loaded(model: str, chat: bool, stream: bool) -> Response:

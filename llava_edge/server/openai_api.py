@@ -10,6 +10,7 @@ conversation without an image is answered as text; ``tools`` are accepted and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -22,12 +23,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.schema import DETAIL_LEVELS
+from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import (
     authenticate_request,
     check_model,
     first_and_rest,
     installed_model_ids,
-    parse_json_object,
     resident_names,
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
@@ -49,8 +50,8 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
     async def chat_completions(request: Request) -> Response:
         try:
             authenticate_request(request, service)
-            body = parse_json_object(await request.body())
-            call, model, stream = _chat_call(body, service)
+            body = await read_json_object(request, service.settings.max_body_bytes)
+            call, model, stream = await asyncio.to_thread(_chat_call, body, service)
         except LlavaEdgeError as err:
             return openai_error(err)
         if stream:

@@ -92,6 +92,9 @@ class Timings:
     generated_tokens: int = 0
     prefix_cache_hit: bool = False
     """The image's evaluated state came from the prefix cache (encode 0 s; prefill = restore time)."""
+    cached_tokens: int = 0
+    """Prompt tokens not evaluated again: an image prefix still in the context or restored from the prefix
+    cache, or the tokens a text-only prompt shares with the one before it."""
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -299,7 +299,7 @@ class LlavaRuntime:
             try:
                 progress = next(steps)
             except StopIteration as done:
-                stages["text_prefill_s"] = done.value[1]
+                stages["cached_tokens"], stages["text_prefill_s"] = done.value
                 break
             yield progress
             raise_if_interrupted()
@@ -316,6 +316,7 @@ class LlavaRuntime:
         if not llama_cpp.llama_memory_seq_rm(memory, 0, resident[1], -1):
             return None
         stages["prefix_cache_hit"] = True
+        stages["cached_tokens"] = resident[1]
         return resident[1]
 
     def _eval_chunks(
@@ -367,6 +368,7 @@ class LlavaRuntime:
             return None
         stages["image_prefill_s"] = time.perf_counter() - began
         stages["prefix_cache_hit"] = True
+        stages["cached_tokens"] = state.n_past
         return state.n_past
 
 

@@ -46,20 +46,22 @@ def sampler_chain(options: GenerationOptions, vocab: Any = None) -> Any:
         except BaseException:
             llama_cpp.llama_sampler_free(chain)
             raise
-    for sampler in _samplers(options):
+    for sampler in _samplers(options, vocab):
         llama_cpp.llama_sampler_chain_add(chain, sampler)
     return chain
 
 
-def _samplers(options: GenerationOptions) -> list[Any]:
+def _samplers(options: GenerationOptions, vocab: Any) -> list[Any]:
     """The chain after the grammar, in llama.cpp's own order (``common_sampler``): penalties, top-k, typical,
     top-p, min-p, temperature, draw. A sampler at its neutral value is left out, so the default chain is
     unchanged; at temperature 0 only the penalties precede the greedy pick."""
     samplers = []
     penalised = options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty
     if penalised and options.repeat_last_n != 0:
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))  # this llama.cpp's signature still takes it
         samplers.append(llama_cpp.llama_sampler_init_penalties(
-            options.repeat_last_n, options.repeat_penalty, options.frequency_penalty, options.presence_penalty))
+            n_vocab, options.repeat_last_n, options.repeat_penalty, options.frequency_penalty,
+            options.presence_penalty))
     if options.temperature <= 0:
         return [*samplers, llama_cpp.llama_sampler_init_greedy()]
     seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed

@@ -175,7 +175,8 @@ def _completion(model: str, result: Any) -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                      "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": timings.prompt_tokens, "completion_tokens": timings.generated_tokens,
-                  "total_tokens": timings.prompt_tokens + timings.generated_tokens},
+                  "total_tokens": timings.prompt_tokens + timings.generated_tokens,
+                  "prompt_tokens_details": {"cached_tokens": timings.cached_tokens}},
     }
 
 

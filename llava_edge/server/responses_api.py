@@ -207,7 +207,7 @@ def _response(parsed: ResponsesCall, response_id: str, status: str, output: list
     """The response object, as ``POST`` answers it and the stream's lifecycle events carry it."""
     timings = result.timings if result is not None else None
     usage = None if timings is None else {
-        "input_tokens": timings.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens": timings.prompt_tokens, "input_tokens_details": {"cached_tokens": timings.cached_tokens},
         "output_tokens": timings.generated_tokens, "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": timings.prompt_tokens + timings.generated_tokens}
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None

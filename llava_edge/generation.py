@@ -83,11 +83,14 @@ class Timings:
     image_encode_s: float = 0.0
     image_prefill_s: float = 0.0
     text_prefill_s: float = 0.0
+    image_select_s: float = 0.0
+    """Choosing the kept tokens of images under a token budget (0 without one)."""
     first_token_s: float = 0.0
     """From the start of the call to the first sampled token."""
     decode_s: float = 0.0
     total_s: float = 0.0
     image_tokens: int = 0
+    """Image tokens fed to the model (under a token budget: the kept ones)."""
     prompt_tokens: int = 0
     generated_tokens: int = 0
     prefix_cache_hit: bool = False

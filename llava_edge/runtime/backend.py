@@ -12,8 +12,8 @@ from typing import Any
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 
-from llava_edge import machine
 from llava_edge.errors import RuntimeBackendError
+from llava_edge.host.cpu import cpu_has_amx
 
 DEVICES = ("auto", "cpu", "metal", "cuda")
 _log = logging.getLogger("llava_edge.llama_cpp")
@@ -93,7 +93,7 @@ def backend_info() -> dict[str, Any]:
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
         "gpu_backends": gpu_backends(),
         "system_info": system_info().strip(),
-        "cpu_has_amx": machine.cpu_has_amx(),
+        "cpu_has_amx": cpu_has_amx(),
     }
 
 
@@ -115,7 +115,7 @@ def offload_plan(device: str) -> tuple[int, bool]:
 
 def check_repack_safe(repack: bool) -> None:
     """Refuse ggml's repacked (AMX) weights where they crash on K-quants."""
-    if repack and machine.cpu_has_amx() and "AMX_INT8 = 1" in system_info():
+    if repack and cpu_has_amx() and "AMX_INT8 = 1" in system_info():
         raise RuntimeBackendError(
             "repack=True uses ggml's AMX kernels, which crash on K-quant models on this CPU (llama.cpp #20824). "
             "Keep repack off, or rebuild llama-cpp-python with "

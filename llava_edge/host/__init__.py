@@ -20,13 +20,14 @@ import sys
 from llava_edge.errors import UnsupportedPlatformError
 
 
-def refuse_unsupported_os(platform: str = sys.platform) -> None:
-    """Stop on Windows, where llava-edge is not supported, with the way round it (WSL2).
+def refuse_unsupported_os(platform: str | None = None) -> None:
+    """Stop on Windows, where llava-edge is not supported, with the way round it (WSL2). ``platform``:
+    a ``sys.platform`` value, this one's when not given.
 
     Raises:
         UnsupportedPlatformError: ``platform`` is Windows.
     """
-    if platform in ("win32", "cygwin"):
+    if (platform or sys.platform) in ("win32", "cygwin"):
         raise UnsupportedPlatformError(
             "llava-edge runs on Linux and macOS; Windows is not supported. Install it inside WSL2 "
             "(wsl --install, then pip install llava-edge in the Linux shell) and run it there."

@@ -1,7 +1,8 @@
 """Files: exclusive locks, and the extended attributes and birth time a rewritten file keeps.
 
 Locks are ``filelock`` lock files (``flock`` on Linux and macOS): a lock file is created beside what it
-guards and removed when released; a killed holder's lock ends with the process.
+guards and removed by its holder on release; a killed holder's lock ends with the process (its empty file
+stays until the next holder releases it).
 
 A file replaced by a rename is a new file, so what the old one carried is copied onto the new one before
 the rename: on Linux its extended attributes (``user.*`` notes, SELinux labels, what the caller may set)
@@ -30,18 +31,28 @@ CopyFile = Callable[[bytes, bytes, None, int], int]
 
 
 def acquire_lock(lock_path: Path, *, wait: bool = True) -> Callable[[], None] | None:
-    """Take the exclusive lock ``lock_path``; returns the function that releases it, or ``None`` when
-    ``wait`` is False and another process holds it.
+    """Take the exclusive lock ``lock_path``; returns the function that releases it (and removes the lock
+    file), or ``None`` when ``wait`` is False and another process holds it.
 
     Raises:
-        OSError: the lock file cannot be created (a read-only folder).
+        OSError: the lock file cannot be made or locked (a read-only folder, a file system without locks).
     """
-    lock = filelock.FileLock(str(lock_path), timeout=-1 if wait else 0, thread_local=False)
+    lock = filelock.FileLock(str(lock_path), timeout=-1 if wait else 0, thread_local=False, fallback_to_soft=False)
     try:
         lock.acquire()
     except filelock.Timeout:
         return None
-    return lambda: lock.release(force=True)
+    except NotImplementedError as err:  # a file system without flock
+        raise OSError(str(err)) from err
+
+    def release() -> None:
+        # Removed while still held: a waiter that locks the old file sees it unlinked and retries (filelock
+        # checks st_nlink), so the lock file never outlives its holder.
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        lock.release(force=True)
+
+    return release
 
 
 @contextlib.contextmanager

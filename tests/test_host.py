@@ -54,14 +54,15 @@ def a_mac(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @linux_only
 def test_memory_on_this_linux_machine_comes_from_proc_meminfo() -> None:
-    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
+    lines = Path("/proc/meminfo").read_text().splitlines()
+    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in lines}
     assert memory.total_memory() == meminfo["MemTotal"]
     assert 0 < memory.available_memory() <= memory.total_memory()
     assert memory.metal_working_set_limit() is None
 
 
 def test_meminfo_is_read_in_bytes() -> None:
-    parsed = memory.parse_meminfo("MemTotal:        8024972 kB\nMemAvailable:    7340032 kB\nHugePages_Total:       0\n")
+    parsed = memory.parse_meminfo("MemTotal:   8024972 kB\nMemAvailable:    7340032 kB\nHugePages_Total:   0\n")
     assert parsed == {"MemTotal": 8024972 * 1024, "MemAvailable": 7340032 * 1024, "HugePages_Total": 0}
 
 

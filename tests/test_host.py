@@ -195,3 +195,12 @@ def test_metals_own_figure_replaces_the_estimate(a_mac: None, monkeypatch: pytes
     assert machine.describe()["metal_working_set_gib"] == "5.0 (estimated)"
     assert machine.describe({"metal_working_set_bytes": 5726 * 2**20})["metal_working_set_gib"] == (
         "5.6 (reported by Metal)")
+
+
+def test_the_build_reports_gpu_memory_only_where_it_has_a_gpu_device() -> None:
+    from llava_edge.runtime.backend import backend_info, gpu_backends, gpu_device_memory
+
+    if gpu_backends():
+        pytest.skip("a GPU build: its device memory is checked on a GPU machine")
+    assert gpu_device_memory() is None  # ggml's device list holds only the CPU
+    assert "metal_working_set_bytes" not in backend_info()

@@ -50,14 +50,10 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    memory_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal")))
-    return {"cpu": cpu, "amx": "amx_tile" in flags, "cores": len([line for line in flags.splitlines()
-                                                                   if line.startswith("processor")]),
-            "ram_gib": round(memory_kib / 2**20), "python": platform.python_version()}
+    from llava_edge.host import cores, cpu, memory
+
+    return {"cpu": cpu.cpu_name(), "amx": cpu.cpu_has_amx(), "cores": len(cores.usable_cpus()),
+            "ram_gib": round(memory.total_memory() / 2**30), "python": platform.python_version()}
 
 
 def main() -> None:

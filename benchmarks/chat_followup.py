@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from llava_edge.host.cpu import cpu_name
+
 
 def noise_png(seed: int, size: int = 672) -> str:
     pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
@@ -73,7 +75,7 @@ def main() -> None:
     report = {"what": "OpenAI API, second-turn vs first-turn time to first token (client side)",
               "model": args.model_label, "detail": args.detail, "runs": rows, "median": medians,
               "ratio_first_over_second": medians["first_turn_ttft_s"] / medians["second_turn_ttft_s"],
-              "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()}}
+              "machine": {"processor": cpu_name(), "python": platform.python_version()}}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(
         f"# Follow-up time to first token ({args.model_label}, detail={args.detail})\n\n"

@@ -21,6 +21,7 @@ from llava_edge.cost import CostModel
 from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import Generation, GenerationOptions, PromptChunk, RuntimeOptions, Timings
+from llava_edge.host import refuse_unsupported_os
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageInput, ImageLimits, load_image
 from llava_edge.models.catalog import ModelFiles, Registry, load_registry
@@ -76,6 +77,9 @@ class Captioner:
         generation: default sampling options for every call.
         offline: only use the local cache (default: ``HF_HUB_OFFLINE``).
         image_limits, image_store, cost_model: input limits, where image UUIDs are looked up, pricing.
+
+    Raises:
+        UnsupportedPlatformError: on Windows (use WSL2); ModelNotCachedError, UnknownModelError, ModelFileError.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Captioner:
         image_store: ImageStore | None = None,
         cost_model: CostModel | None = None,
     ):
+        refuse_unsupported_os()
         self.files: ModelFiles = model_files(
             model, model_path=model_path, mmproj_path=mmproj_path, registry=registry,
             cache_dir=cache_dir, offline=offline, quantize=quantize_gguf,

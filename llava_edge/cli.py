@@ -15,6 +15,7 @@ import click
 from llava_edge._version import __version__
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.evaluation.command import eval_command
+from llava_edge.host import refuse_unsupported_os
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,8 +104,10 @@ def photo_options(function: F) -> F:
 
 @click.group()
 @click.version_option(__version__, prog_name="llava-edge")
+@_user_errors
 def main() -> None:
     """Caption images offline with LLaVA-1.6-Mistral-7B, speaking the Runware caption API."""
+    refuse_unsupported_os()
 
 
 def _with_user_errors(command: click.Command) -> click.Command:
@@ -274,15 +277,8 @@ def info(as_json: bool) -> None:
     from llava_edge import machine
     from llava_edge.runtime.probe import probe_in_child
 
-    facts = {
-        "llava_edge": __version__,
-        **probe_in_child(),
-        "cpu": machine.cpu_model(),
-        "cpu_features": machine.cpu_flags(),
-        "threads": machine.cpu_count(),
-        "ram_total_gib": round(machine.total_memory() / 2**30, 1),
-        "ram_available_gib": round(machine.available_memory() / 2**30, 1),
-    }
+    backend = probe_in_child()
+    facts = {"llava_edge": __version__, **backend, **machine.describe(backend)}
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return

@@ -33,6 +33,7 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     │   ├── UnsupportedMetadataFormatError (ValueError)  the format has no metadata slot written in place
     │   └── CorruptMetadataError (ValueError)      the image's metadata or its sidecar cannot be parsed
     ├── MissingExtraError (ImportError)       an optional extra (server, bench, ray, photos, structured) is missing
+    ├── UnsupportedPlatformError (OSError)    the CLI or Captioner was started on Windows; use WSL2
     ├── BenchmarkError                        a benchmark's worker process or the llama-mtmd-cli anchor failed
     ├── EvaluationError (ValueError)          `llava-edge eval` cannot compare: no variants, no reference, a bad set
     ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
@@ -270,6 +271,13 @@ class MissingExtraError(LlavaEdgeError, ImportError):
     """Raised when a feature needs an optional extra that is not installed; the message names the extra."""
 
     code = "missingDependency"
+
+
+class UnsupportedPlatformError(LlavaEdgeError, OSError):
+    """Raised when the CLI or a ``Captioner`` starts on an operating system llava-edge does not support
+    (Windows); the message names WSL2, where it runs."""
+
+    code = "unsupportedPlatform"
 
 
 class BenchmarkError(LlavaEdgeError):

@@ -16,16 +16,18 @@ class RuntimeOptions:
     n_batch: int = 512
     n_ubatch: int = 512
     threads: int | None = None
-    """Decode threads; default: every core."""
+    """Decode threads; default: the performance cores where the CPU has two core types (Apple Silicon,
+    big.LITTLE ARM), else every usable logical CPU (``host.cores.default_threads``)."""
     threads_batch: int | None = None
-    """Prefill and CLIP threads; default: every core."""
+    """Prefill and CLIP threads; default as ``threads``."""
     flash_attn: bool = True
     """Flash attention, for the text model and CLIP: measured faster for prefill and CLIP encode on the
     real shape (benchmarks/results), which dominate a caption; decode is a few per cent slower."""
     repack: bool = False
-    """llama.cpp's extra CPU buffer types (weight repacking, AMX). Off by default: prefill-dominated
-    captioning is faster without it, it costs a second copy of the weights, and it crashes K-quant
-    models on AMX CPUs with the default build (llama.cpp #20824)."""
+    """llama.cpp's extra CPU buffer types (weight repacking, AMX). Off by default, decided per architecture
+    in ``host.cpu.repack_choice``: on x86-64 prefill-dominated captioning is measured faster without it, it
+    costs a second copy of the weights, and it crashes K-quant models on AMX CPUs with the default build
+    (llama.cpp #20824); on ARM it stays off until measured there (docs/platforms.md)."""
     use_mmap: bool = True
     prefix_cache_bytes: int = 0
     """Memory for the evaluated image prefixes of earlier images (about 360 MB for a full 672x672 image).

@@ -1,68 +1,41 @@
-"""Facts about the machine: CPU, cores and memory. Standard library only, read at call time."""
+"""What ``llava-edge info`` and the benchmark reports say about the machine, gathered from ``host``.
+
+This module only arranges the facts; ``llava_edge.host`` reads them.
+"""
 
 from __future__ import annotations
 
-import os
 import platform
-from pathlib import Path
+from typing import Any
 
-_INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
-                      "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "sve")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, or the platform's processor string."""
-    for line in _cpuinfo_lines():
-        if line.lower().startswith(("model name", "hardware", "cpu model")):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+from llava_edge.host import cores, cpu, memory
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD / matrix features that matter to llama.cpp, as the kernel reports them."""
-    flags: set[str] = set()
-    for line in _cpuinfo_lines():
-        if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[1].split())
-    return [flag for flag in _INTERESTING_FLAGS if flag in flags]
+def describe(backend: dict[str, Any] | None = None) -> dict[str, Any]:
+    """CPU, cores, default threads, memory, Metal's working-set limit and the repack choice.
+
+    ``backend``: what ``runtime.probe`` reported about the llama.cpp build; its ``metal_working_set_bytes``
+    (the device's own figure) replaces this module's estimate.
+    """
+    performance = cores.performance_cores()
+    repack = cpu.repack_choice()
+    facts: dict[str, Any] = {
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "cpu": cpu.cpu_name(),
+        "cpu_features": cpu.cpu_features(),
+        "cores_usable": len(cores.usable_cpus()),
+        "cores_performance": performance if performance is not None else "one core type",
+        "threads": cores.default_threads(),
+        "ram_total_gib": _gib(memory.total_memory()),
+        "ram_available_gib": _gib(memory.available_memory()),
+    }
+    metal = (backend or {}).get("metal_working_set_bytes") or memory.metal_working_set_limit()
+    if metal:
+        source = "reported by Metal" if (backend or {}).get("metal_working_set_bytes") else "estimated"
+        facts["metal_working_set_gib"] = f"{_gib(metal)} ({source})"
+    facts["repack"] = f"{'on' if repack.enabled else 'off'}: {repack.reason}"
+    return facts
 
 
-def cpu_count() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def cpu_has_amx() -> bool:
-    """True when the CPU advertises Intel AMX (Linux only; elsewhere False)."""
-    return "amx_tile" in cpu_flags()
-
-
-def total_memory() -> int:
-    """Physical memory in bytes."""
-    return _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def available_memory() -> int:
-    """Memory a new process can use without swapping, in bytes (``MemAvailable`` on Linux)."""
-    return _meminfo("MemAvailable") or total_memory()
-
-
-def _meminfo(key: str) -> int:
-    for line in _read_lines("/proc/meminfo"):
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _cpuinfo_lines() -> list[str]:
-    return _read_lines("/proc/cpuinfo")
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
+def _gib(size: int) -> float:
+    return round(size / 2**30, 1)

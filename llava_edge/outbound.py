@@ -5,12 +5,11 @@ headers, the body and every redirect; a watchdog shuts the socket down when it p
 trickles bytes (header bytes included) cannot outlast it. Each read also has an idle timeout, the body a
 byte cap. Only http(s) URLs are allowed; ``allowed_hosts`` (when given) limits the hosts contacted at all.
 
-Addresses (no SSRF when ``allow_private`` is off): a name is resolved once, every address it resolves to
-is checked with ``address_class``, and the connection goes to a checked address, never through a second
-resolution; the ``Host`` header, TLS SNI and the certificate check use the name from the URL. Hosts in
-``private_hosts`` are exempt. ``fetch_bytes`` checks every redirect hop the same way; ``send_json`` never
-follows redirects. Messages never carry bytes from the remote side (no body, reason phrase, redirect
-target or errno text): a coarse reason, at most the HTTP status code. Proxy variables are not used.
+Addresses (no SSRF when ``allow_private`` is off): a name is resolved once, every address it resolves to is checked
+with ``address_class``, and the connection goes to a checked address, never through a second resolution; the ``Host``
+header, TLS SNI and the certificate check use the name from the URL. Hosts in ``private_hosts`` are exempt.
+``fetch_bytes`` checks every redirect hop the same way; ``send_json`` never follows redirects. Messages never carry
+remote bytes (body, reason phrase, redirect target, errno text): a coarse reason, at most the status; no proxy.
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 from urllib.parse import urljoin, urlsplit
+
+from llava_edge.host.tls import tls_context
 
 _CHUNK = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -294,8 +295,7 @@ def _connect(target: _Target, limits: TransferLimits, deadline: _Deadline) -> so
     return sock
 
 
-_tls_context = functools.cache(ssl.create_default_context)
-"""The system's trust store and hostname checking; made once, on first use."""
+_tls_context = functools.cache(tls_context)  # the OS trust store and hostname checks (host.tls), made once
 
 
 def _shown(target: _Target) -> str:

@@ -19,6 +19,7 @@ import pytest
 from support.net_fakes import FakeDNS, RawHTTP, Tripwire, reply, trickle
 
 from llava_edge import outbound
+from llava_edge.host.tls import tls_context
 from llava_edge.outbound import (
     RefusedAddressError,
     TransferError,
@@ -280,3 +281,19 @@ def test_tls_uses_the_url_name_for_sni_and_the_certificate_check(
     for url in (f"https://other.example:{server.port}/a.png", f"https://127.0.0.1:{server.port}/a.png"):
         with pytest.raises(TransferError, match=r"TLS certificate of .* could not be verified"):
             fetch_bytes(url, limits)
+
+
+def test_the_macos_trust_store_context_checks_certificates_through_the_deadline_handshake(
+    certificate: tuple[Path, Path], raw_http: Callable[..., RawHTTP], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """truststore (macOS) verifies after the handshake that ``_connect`` runs itself: an untrusted
+    certificate is still refused, with the same coarse reason."""
+    pytest.importorskip("truststore", reason="truststore is installed on macOS (and with huggingface-hub)")
+    key, cert = certificate
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(cert, key)
+    monkeypatch.setattr(outbound, "_tls_context", lambda: tls_context("darwin"))
+    server = raw_http(reply("200 OK", {"Content-Type": "image/png"}, b"PNGDATA"), tls=served)
+    limits = TransferLimits(allow_private=True, timeout=2, deadline=3)
+    with pytest.raises(TransferError, match=r"TLS certificate of .* could not be verified"):
+        fetch_bytes(f"https://127.0.0.1:{server.port}/a.png", limits)

@@ -145,21 +145,22 @@ def _bombs(make_image: ImageFactory) -> dict[str, bytes]:
 
 _BOMB_PROBE = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     from pathlib import Path
     from llava_edge.errors import InvalidImageError
+    from llava_edge.host.process import peak_rss_bytes
     from llava_edge.images import load_image
 
     results = {}
     for path in sorted(Path(sys.argv[1]).iterdir()):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_rss_bytes()
         started = time.perf_counter()
         try:
             load_image(path.read_bytes())
             outcome = "decoded"
         except InvalidImageError as error:
             outcome = str(error)
-        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        grown = (peak_rss_bytes() - before) / 2**20
         results[path.name] = [outcome, time.perf_counter() - started, grown]
     print(json.dumps(results))
     """

@@ -27,6 +27,7 @@ from typing import Any, Self
 
 from llava_edge.batch.runner import BatchRecord, json_text, printable_name
 from llava_edge.errors import OutputFileError
+from llava_edge.host.files import acquire_lock
 
 FORMATS = ("jsonl", "csv")
 FSYNC_INTERVAL_S = 1.0
@@ -58,14 +59,15 @@ class _AppendLog:
         self._keys: set[tuple[str, str]] = set()
         self._images: set[str] = set()
         created = not self.path.exists()
+        self._release_lock = _lock(self.path)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            _lock(self._fd, self.path)
             self._recover()
             if created:
                 _fsync_directory(self.path.parent)
         except BaseException:
             os.close(self._fd)
+            self._release_lock()
             raise
         self._synced_at = time.monotonic()
 
@@ -88,6 +90,7 @@ class _AppendLog:
             self._sync()
             os.close(self._fd)
             self._fd = None
+            self._release_lock()
 
     def _encode(self, record: BatchRecord) -> bytes:
         raise NotImplementedError
@@ -433,18 +436,20 @@ def _print(record: dict[str, Any]) -> None:
     print(json_text(record), flush=True)
 
 
-def _lock(fd: int, path: Path) -> None:
-    """One run per output file: a second one would write every record twice."""
+def _lock(path: Path) -> Callable[[], None]:
+    """One run per output file (a second one would write every record twice): the lock file
+    ``.<name>.lock`` beside it, held until the file is closed; returns its release.
+
+    Raises:
+        OutputFileError: another run holds it.
+    """
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows has no flock; runs are not guarded there
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise OutputFileError(
-            f"Another llava-edge run is writing to {path}. Wait for it, or use another --out."
-        ) from None
+        release = acquire_lock(path.parent / f".{path.name}.lock", wait=False)
+    except OSError:  # a folder where no lock file can be made: the run is not guarded
+        return lambda: None
+    if release is None:
+        raise OutputFileError(f"Another llava-edge run is writing to {path}. Wait for it, or use another --out.")
+    return release
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -17,10 +17,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from llava_edge import machine
+from llava_edge.host import cores, cpu, memory
+from llava_edge.host.process import busy_seconds, child_peak_rss_bytes
 
 _ARRAY_BYTES = 256 << 20
 
@@ -72,7 +72,7 @@ def run_streaming(command: list[str], *, timeout: float | None = None) -> tuple[
 
 def _baseline() -> tuple[float, float, float]:
     """(1-minute load average, machine busy seconds, start time) before a child starts."""
-    return os.getloadavg()[0], _busy_seconds(), time.perf_counter()
+    return os.getloadavg()[0], busy_seconds(), time.perf_counter()
 
 
 def _finish(process: subprocess.Popen[Any], timeout: float | None,
@@ -81,12 +81,12 @@ def _finish(process: subprocess.Popen[Any], timeout: float | None,
     load, busy_before, started = baseline
     status, usage = _wait(process, timeout)
     wall = time.perf_counter() - started
-    cpu = usage.ru_utime + usage.ru_stime
-    others = max(0.0, (_busy_seconds() - busy_before - cpu) / wall) if wall > 0 else 0.0
+    cpu_s = usage.ru_utime + usage.ru_stime
+    others = max(0.0, (busy_seconds() - busy_before - cpu_s) / wall) if wall > 0 else 0.0
 
     def build(stdout: str, stderr: str) -> ProcessRun:
         return ProcessRun(returncode=os.waitstatus_to_exitcode(status), stdout=stdout, stderr=stderr, wall_s=wall,
-                          peak_rss_bytes=usage.ru_maxrss * 1024, cpu_s=cpu, others_cores=others,
+                          peak_rss_bytes=child_peak_rss_bytes(usage), cpu_s=cpu_s, others_cores=others,
                           loadavg_before=load, loadavg_after=os.getloadavg()[0])
 
     return build
@@ -104,17 +104,6 @@ def _wait(process: subprocess.Popen[Any], timeout: float | None) -> tuple[int, A
         time.sleep(0.05)
 
 
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy since boot (Linux ``/proc/stat``; 0 elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    ticks = [int(value) for value in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def _reader(size: int, rounds: int, barrier: Any, results: Any) -> None:
     import numpy as np
 
@@ -130,7 +119,7 @@ def _reader(size: int, rounds: int, barrier: Any, results: Any) -> None:
 
 def measure_bandwidth(threads: int | None = None, *, repeats: int = 5, size: int = _ARRAY_BYTES) -> float:
     """Read bandwidth in bytes/s with ``threads`` concurrent readers (see the module docstring)."""
-    threads = threads or machine.cpu_count()
+    threads = threads or len(cores.usable_cpus())
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(threads), context.Queue()
     workers = [context.Process(target=_reader, args=(size, repeats, barrier, results)) for _ in range(threads)]
@@ -145,11 +134,12 @@ def measure_bandwidth(threads: int | None = None, *, repeats: int = 5, size: int
 def describe_machine(*, bandwidth: bool = True) -> dict[str, Any]:
     """CPU model and flags, cores, RAM, OS, Python and (optionally) measured read bandwidth."""
     facts: dict[str, Any] = {
-        "cpu": machine.cpu_model(),
-        "cpu_flags": machine.cpu_flags(),
-        "cores": machine.cpu_count(),
-        "ram_total_gib": round(machine.total_memory() / 2**30, 1),
-        "ram_available_gib": round(machine.available_memory() / 2**30, 1),
+        "cpu": cpu.cpu_name(),
+        "cpu_flags": cpu.cpu_features(),
+        "cores": len(cores.usable_cpus()),
+        "threads": cores.default_threads(),
+        "ram_total_gib": round(memory.total_memory() / 2**30, 1),
+        "ram_available_gib": round(memory.available_memory() / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
     }

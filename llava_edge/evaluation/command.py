@@ -31,7 +31,8 @@ import click
 @click.option("--score-tokens", type=click.IntRange(1), default=None,
               help="Score at most this many tokens of each reference caption (default: all).")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: the performance cores, else every usable core).")
 @click.option("--n-ctx", type=click.IntRange(512), default=None, help="Context length (default 4096).")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="A models.toml to use.")
 @click.option("--out", type=click.Path(file_okay=False), default="eval-results", show_default=True)

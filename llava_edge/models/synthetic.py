@@ -40,6 +40,7 @@ from gguf import GGUFValueType, GGUFWriter
 
 from llava_edge import paths
 from llava_edge.errors import ModelFileError, UnknownModelError
+from llava_edge.host.files import file_lock
 from llava_edge.models.catalog import ModelFiles
 from llava_edge.models.synthetic_vocab import BOS_ID, EOS_ID, UNK_ID, build_vocab
 
@@ -431,20 +432,11 @@ def _build_atomically(spec: SyntheticPreset, seed: int, target: Path, quantize: 
 
 @contextlib.contextmanager
 def build_lock(target: Path) -> Iterator[None]:
-    """An exclusive ``flock`` per pair; where there is none, the atomic rename still protects the files."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: builds may be duplicated, never corrupted
+    """An exclusive lock per pair (``.<pair>.lock`` beside it); stale partial builds are removed under it."""
+    with file_lock(target.parent / f".{target.name}.lock"):
+        for stale in target.parent.glob(f".{target.name}.*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
         yield
-        return
-    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            for stale in target.parent.glob(f".{target.name}.*.partial"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _is_complete(directory: Path) -> bool:

@@ -1,11 +1,12 @@
 """Writing files so that a crash, a kill or a full disk leaves the old file or the new one, never a mix.
 
 A replacement is written to a hidden temporary file in the same folder (``.photo.jpg.<random>.llava-edge.tmp``),
-given the original's permission bits, owner (where allowed), extended attributes and, on request, its access
-and modification times, fsynced, and renamed over the original; then the folder is fsynced. A kill before the
-rename leaves the original untouched and at most that temporary file. Appends are one ``write`` each, fsynced.
-Read-modify-write cycles on shared files (``metadata.jsonl``, kohya JSON, sidecars) hold an exclusive lock on
-the folder, so two writers on one machine do not lose each other's entries.
+given the original's permission bits, owner (where allowed), extended attributes (Finder tags, labels and
+comments on macOS), birth time (macOS) and, on request, its access and modification times, fsynced, and
+renamed over the original; then the folder is fsynced. A kill before the rename leaves the original untouched
+and at most that temporary file. Appends are one ``write`` each, fsynced. Read-modify-write cycles on shared
+files (``metadata.jsonl``, kohya JSON, sidecars) hold an exclusive lock on the folder (a hidden
+``.llava-edge.lock`` there while it is held), so two writers on one machine do not lose each other's entries.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from llava_edge.host.files import acquire_lock, carry_birth_time, copy_xattrs
+
 TEMP_SUFFIX = ".llava-edge.tmp"
+FOLDER_LOCK = ".llava-edge.lock"
 _NAME_ROOM = 200
 """Characters of the target's name kept in its temporary file's name (file names are at most 255 bytes)."""
 
@@ -51,7 +55,8 @@ def replace_file(
         try:
             _write_all(fd, data)
             if original is not None:
-                _copy_xattrs(path, temporary)
+                copy_xattrs(path, temporary)
+                carry_birth_time(fd, original)
                 _carry_over(fd, original, keep_times=keep_times)
             os.fsync(fd)
         finally:
@@ -91,26 +96,17 @@ def truncate(path: Path, size: int) -> None:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``folder`` (POSIX ``flock``) while the block runs; waits for other
-    holders. Where folders cannot be locked (Windows, some network file systems), the block runs unlocked."""
+    """Hold an exclusive lock on ``folder`` (its ``.llava-edge.lock``) while the block runs; waits for other
+    holders. Where no lock file can be made there (a read-only folder), the block runs unlocked."""
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
+        release = acquire_lock(folder / FOLDER_LOCK)
     except OSError:
-        yield
-        return
+        release = None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
         yield
     finally:
-        os.close(fd)
+        if release is not None:
+            release()
 
 
 def fsync_directory(folder: Path) -> None:
@@ -152,19 +148,6 @@ def _carry_over(fd: int, original: os.stat_result, *, keep_times: bool) -> None:
             os.fchown(fd, original.st_uid, original.st_gid)
     if keep_times:
         os.utime(fd, ns=(original.st_atime_ns, original.st_mtime_ns))
-
-
-def _copy_xattrs(source: Path, temporary: str) -> None:
-    """Extended attributes (Finder tags, SELinux labels, user.* notes) from ``source``, best effort."""
-    if not hasattr(os, "listxattr"):  # pragma: no cover - not Linux
-        return
-    try:
-        names = os.listxattr(source)
-    except OSError:
-        return
-    for name in names:
-        with contextlib.suppress(OSError):
-            os.setxattr(temporary, name, os.getxattr(source, name))
 
 
 def _check_unchanged(path: Path, original: os.stat_result) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 
-from llava_edge import machine
 from llava_edge.errors import RuntimeBackendError
+from llava_edge.host.cpu import cpu_has_amx
 
 DEVICES = ("auto", "cpu", "metal", "cuda")
 _log = logging.getLogger("llava_edge.llama_cpp")
@@ -21,6 +21,8 @@ _LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.W
 """ggml's DEBUG, INFO, WARN, ERROR. Its warnings are routine (context shorter than trained), so they are
 logged at INFO; its errors at WARNING, and the last few are quoted in RuntimeBackendError messages."""
 recent_errors: deque[str] = deque(maxlen=3)
+_GPU_DEVICE_TYPES = (1, 2)
+"""``ggml_backend_dev_type``: GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU (CPU is 0, ACCEL 3)."""
 _interrupted = threading.Event()
 
 
@@ -87,14 +89,42 @@ def gpu_backends() -> list[str]:
 
 
 def backend_info() -> dict[str, Any]:
-    """What the installed llama-cpp-python can do: version, GPU offload, compiled features."""
-    return {
+    """What the installed llama-cpp-python can do: version, GPU offload, compiled features, and on a Metal
+    build the working-set limit the Metal device reports (``metal_working_set_bytes``)."""
+    backends = gpu_backends()
+    facts: dict[str, Any] = {
         "llama_cpp_python": llama_cpp.__version__,
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-        "gpu_backends": gpu_backends(),
+        "gpu_backends": backends,
         "system_info": system_info().strip(),
-        "cpu_has_amx": machine.cpu_has_amx(),
+        "cpu_has_amx": cpu_has_amx(),
     }
+    if "metal" in backends:
+        facts["metal_working_set_bytes"] = gpu_device_memory()
+    return facts
+
+
+def gpu_device_memory() -> int | None:
+    """Total memory of the first GPU device ggml reports (Metal: ``recommendedMaxWorkingSetSize``), in
+    bytes; ``None`` without one, or where this build does not export ggml's device API."""
+    lib = llama_cpp.llama_cpp._lib
+    try:
+        count, get, kind, memory = (lib.ggml_backend_dev_count, lib.ggml_backend_dev_get,
+                                    lib.ggml_backend_dev_type, lib.ggml_backend_dev_memory)
+    except AttributeError:
+        return None
+    count.restype, count.argtypes = ctypes.c_size_t, []
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    kind.restype, kind.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    memory.restype = None
+    memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    for index in range(count()):
+        device = get(index)
+        if kind(device) in _GPU_DEVICE_TYPES:
+            free, total = ctypes.c_size_t(), ctypes.c_size_t()
+            memory(device, ctypes.byref(free), ctypes.byref(total))
+            return int(total.value) or None
+    return None
 
 
 def offload_plan(device: str) -> tuple[int, bool]:
@@ -115,7 +145,7 @@ def offload_plan(device: str) -> tuple[int, bool]:
 
 def check_repack_safe(repack: bool) -> None:
     """Refuse ggml's repacked (AMX) weights where they crash on K-quants."""
-    if repack and machine.cpu_has_amx() and "AMX_INT8 = 1" in system_info():
+    if repack and cpu_has_amx() and "AMX_INT8 = 1" in system_info():
         raise RuntimeBackendError(
             "repack=True uses ggml's AMX kernels, which crash on K-quant models on this CPU (llama.cpp #20824). "
             "Keep repack off, or rebuild llama-cpp-python with "

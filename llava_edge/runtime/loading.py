@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import llama_cpp.mtmd_cpp as mtmd
 
 from llava_edge.errors import RuntimeBackendError
 from llava_edge.generation import RuntimeOptions
+from llava_edge.host.cores import default_threads
 from llava_edge.models.catalog import ModelFiles
 from llava_edge.runtime.backend import llama_says, recent_errors
 
@@ -37,8 +37,8 @@ def new_context(model: Any, options: RuntimeOptions) -> Any:
     params.n_ctx = options.n_ctx
     params.n_batch = options.n_batch
     params.n_ubatch = options.n_ubatch
-    params.n_threads = options.threads or os.cpu_count() or 1
-    params.n_threads_batch = options.threads_batch or os.cpu_count() or 1
+    params.n_threads = options.threads or default_threads()
+    params.n_threads_batch = options.threads_batch or default_threads()
     params.flash_attn_type = _flash_attn(options)
     context = llama_cpp.llama_init_from_model(model, params)
     if not context:
@@ -53,7 +53,7 @@ def new_mtmd(mmproj_path: Path, model: Any, options: RuntimeOptions, on_gpu: boo
     params = mtmd.mtmd_context_params_default()
     params.use_gpu = on_gpu
     params.print_timings = False
-    params.n_threads = options.threads_batch or os.cpu_count() or 1
+    params.n_threads = options.threads_batch or default_threads()
     params.warmup = False
     params.flash_attn_type = _flash_attn(options)
     context = mtmd.mtmd_init_from_file(str(mmproj_path).encode(), model, params)

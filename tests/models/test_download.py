@@ -24,7 +24,7 @@ from huggingface_hub import hf_hub_download
 from support.cli_probe import run_cli_probe
 from support.hub_server import Faults, HubServer
 
-from llava_edge import Captioner, GenerationOptions, download_model, machine
+from llava_edge import Captioner, GenerationOptions, download_model
 from llava_edge.cli import main
 from llava_edge.errors import (
     ChecksumMismatchError,
@@ -33,6 +33,8 @@ from llava_edge.errors import (
     InsufficientMemoryError,
     ModelNotCachedError,
 )
+from llava_edge.host import memory
+from llava_edge.host.memory import metal_limit_estimate
 from llava_edge.models import download, resumable
 from llava_edge.models.catalog import ModelFiles, load_registry
 from llava_edge.models.resolve import list_variants
@@ -438,7 +440,7 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
 @pytest.mark.parametrize(
     ("available", "total", "expected"),
     [
-        (8 * GiB, 8 * GiB, "Q4_K_M"),  # 8 GB Mac: no /proc/meminfo, "available" is total RAM
+        (8 * GiB, 8 * GiB, "Q4_K_M"),  # 8 GB, "available" reported as total RAM: the share of total decides
         (int(7.3 * GiB), int(7.86 * GiB), "Q4_K_M"),  # 8 GB Raspberry Pi 5, headless
         (int(5.5 * GiB), int(7.86 * GiB), "Q3_K_XS"),  # the same Pi with a browser open
         (14 * GiB, 16 * GiB, "Q8_0"),
@@ -448,15 +450,24 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
 def test_auto_picks_the_largest_variant_that_fits(
     monkeypatch: pytest.MonkeyPatch, available: int, total: int, expected: str
 ) -> None:
-    monkeypatch.setattr(machine, "available_memory", lambda: available)
-    monkeypatch.setattr(machine, "total_memory", lambda: total)
+    monkeypatch.setattr(memory, "available_memory", lambda: available)
+    monkeypatch.setattr(memory, "total_memory", lambda: total)
+    monkeypatch.setattr(memory, "metal_working_set_limit", lambda: None)
 
     assert choose_auto(load_registry()).id == expected
 
 
+@pytest.mark.parametrize(("ram_gib", "expected"), [(8, "Q3_K_M"), (16, "Q8_0")])
+def test_auto_keeps_the_model_within_metals_working_set_on_a_mac(ram_gib: int, expected: str) -> None:
+    """An 8 GB Mac: Metal keeps about 5.3 GiB on the GPU, so Q4_K_M (5.7 GiB with its KV cache) would spill."""
+    ram = ram_gib * GiB
+    assert choose_auto(load_registry(), available=ram, total=ram, gpu_limit=metal_limit_estimate(ram)).id == expected
+
+
 def test_auto_on_a_machine_too_small_says_what_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(machine, "available_memory", lambda: 3 * GiB)
-    monkeypatch.setattr(machine, "total_memory", lambda: 4 * GiB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 3 * GiB)
+    monkeypatch.setattr(memory, "total_memory", lambda: 4 * GiB)
+    monkeypatch.setattr(memory, "metal_working_set_limit", lambda: None)
 
     with pytest.raises(InsufficientMemoryError) as failure:
         download_model("auto", offline=True)
@@ -466,8 +477,9 @@ def test_auto_on_a_machine_too_small_says_what_is_needed(monkeypatch: pytest.Mon
 
 
 def test_auto_resolves_through_download_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(machine, "available_memory", lambda: 8 * GiB)
-    monkeypatch.setattr(machine, "total_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "total_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "metal_working_set_limit", lambda: None)
 
     with pytest.raises(ModelNotCachedError, match="Run `llava-edge pull Q4_K_M`"):
         download_model("auto", offline=True)
@@ -533,8 +545,9 @@ def test_cli_models_table_lists_every_builtin_variant() -> None:
 
 
 def test_list_variants_marks_default_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(machine, "available_memory", lambda: 8 * GiB)
-    monkeypatch.setattr(machine, "total_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "total_memory", lambda: 8 * GiB)
+    monkeypatch.setattr(memory, "metal_working_set_limit", lambda: None)
 
     rows = {row.id: row for row in list_variants()}
 

@@ -258,12 +258,13 @@ def test_big_model_header_is_read_without_touching_tensor_data(tmp_path: Path) -
     assert path.stat().st_size > 14e9
     code = textwrap.dedent(
         """
-        import resource, sys, time
+        import sys, time
+        from llava_edge.host.process import peak_rss_bytes
         from llava_edge.models.file_check import check_text_model
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_rss_bytes()
         started = time.perf_counter()
         check_text_model(sys.argv[1])
-        print(time.perf_counter() - started, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        print(time.perf_counter() - started, (peak_rss_bytes() - before) / 2**20)
         """
     )
     result = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True,

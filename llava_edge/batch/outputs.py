@@ -3,7 +3,7 @@
 A killed run never leaves a corrupt file. Each record is appended with a single ``write`` and the file
 is fsynced at intervals and on close; reopening cuts off a truncated last record (the only damage a
 kill can do) and reads the records already there, so that a rerun skips them. A sidecar is written to
-a hidden temporary file beside the image and renamed over ``image.txt``.
+a hidden temporary file beside the image and renamed over ``image.txt`` (``photos.text_sidecar``).
 
 Both files are UTF-8 text whatever the file names. JSONL keeps every value exactly (a name that is not
 UTF-8 as ``\\udcXX`` escapes, see ``runner.json_text``). CSV is for spreadsheets: a byte of a name that
@@ -19,7 +19,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Self
 
 from llava_edge.batch.runner import BatchRecord, json_text, printable_name
 from llava_edge.errors import OutputFileError
+from llava_edge.photos.text_sidecar import PLAIN_EXTENSION, replace_text_sidecar, text_sidecar_path
 
 FORMATS = ("jsonl", "csv")
 FSYNC_INTERVAL_S = 1.0
@@ -209,7 +209,8 @@ class CsvWriter(_AppendLog):
 
 
 class SidecarWriter:
-    """Writes each caption to ``<image without suffix>.txt`` beside the image, atomically.
+    """Writes each caption to ``<image without suffix>.txt`` beside the image, atomically, through the one
+    writer of text sidecars (``photos.text_sidecar.replace_text_sidecar``).
 
     Error records leave no file. An image counts as done when its sidecar exists and is not older than
     the image (sidecars hold only the caption, so there is no hash to compare). An image whose sidecar
@@ -231,7 +232,7 @@ class SidecarWriter:
         sidecar = sidecar_path(record.image)
         if _same_file(sidecar, record.image):
             raise OutputFileError(_over_itself(record.image, sidecar))
-        write_atomically(Path(sidecar), record.text.encode())
+        replace_text_sidecar(Path(record.image), record.text)
 
     def close(self) -> None:
         pass
@@ -319,8 +320,8 @@ def open_sinks(
 
 
 def sidecar_path(image: str) -> str:
-    """``photos/cat.jpg`` -> ``photos/cat.txt``."""
-    return os.path.splitext(image)[0] + ".txt"
+    """``photos/cat.jpg`` -> ``photos/cat.txt`` (``text_sidecar.text_sidecar_path``)."""
+    return str(text_sidecar_path(Path(image), PLAIN_EXTENSION))
 
 
 def check_sidecars(images: list[str]) -> None:
@@ -369,20 +370,6 @@ def _same_file(first: str, second: str) -> bool:
         return os.path.samefile(first, second)
     except (OSError, ValueError):
         return False
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never a mix."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:

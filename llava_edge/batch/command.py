@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from llava_edge.batch.job import CaptionJob
     from llava_edge.batch.outputs import Sinks
     from llava_edge.batch.photo_step import PhotoFlags
-    from llava_edge.batch.runner import BatchSummary
+    from llava_edge.batch.records import BatchSummary
     from llava_edge.structured import StructuredOutput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,10 +97,10 @@ def caption_command(images: tuple[str, ...], prompt: str | None, detail: str, ma
     already done. Ctrl-C stops within one prefill batch (exit 130); what was written is complete. The photo
     flags (--write-metadata, --xmp-sidecar, --metadata-jsonl, ...) also write captions into images and datasets.
     """
+    from llava_edge.batch.discovery import discover_images
     from llava_edge.batch.job import CaptionJob
     from llava_edge.batch.outputs import open_sinks
     from llava_edge.batch.photo_step import photo_options_for
-    from llava_edge.batch.runner import discover_images
     from llava_edge.batch.signals import stop_on_signals
     from llava_edge.generation import GenerationOptions
 

@@ -16,17 +16,8 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from llava_edge.batch.runner import (
-    BATCH_RUNTIME,
-    BatchRecord,
-    BatchSummary,
-    ImageItem,
-    Sink,
-    caption_many,
-    item_digest,
-    json_text,
-    run_batch,
-)
+from llava_edge.batch.records import BatchRecord, BatchSummary, ImageItem, json_text
+from llava_edge.batch.runner import BATCH_RUNTIME, Sink, caption_many, item_digest, run_batch
 from llava_edge.command_options import ModelLoad
 from llava_edge.errors import LlavaEdgeError, MissingExtraError
 

@@ -17,6 +17,7 @@ if _typing.TYPE_CHECKING:
     from llava_edge.generation import GenerationOptions, RuntimeOptions, Timings
     from llava_edge.models.catalog import ModelFiles, ModelSpec, available_models
     from llava_edge.models.download import download_model
+    from llava_edge.token_budget import image_token_count
 
 _LAZY = {
     "CaptionDone": "llava_edge.api",
@@ -33,6 +34,7 @@ _LAZY = {
     "caption": "llava_edge.api",
     "caption_many": "llava_edge.batch.runner",
     "download_model": "llava_edge.models.download",
+    "image_token_count": "llava_edge.token_budget",
     "run_task": "llava_edge.api",
 }
 
@@ -53,6 +55,7 @@ __all__ = [
     "caption_many",
     "download_model",
     "errors",
+    "image_token_count",
     "run_task",
 ]
 

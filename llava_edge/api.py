@@ -30,14 +30,12 @@ from llava_edge.runtime.grammar import structured_output as structured_output
 from llava_edge.runtime.quantize import quantize_gguf
 from llava_edge.schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
 from llava_edge.structured import StructuredOutput
+from llava_edge.token_budget import AUTO_HIGH_MIN_SIDE as AUTO_HIGH_MIN_SIDE
+from llava_edge.token_budget import LOW_DETAIL_SIDE, resolved_detail, token_budget
 
 SchemaInput = dict[str, Any] | str | StructuredOutput
 """A JSON Schema, the name of a built-in one (``"photo"``, ``"json"``), or one prepared by ``structured_output``."""
 
-LOW_DETAIL_SIDE = 336
-"""``detail="low"``: the image is scaled to fit 336x336, one CLIP view, 576 image tokens."""
-AUTO_HIGH_MIN_SIDE = 504
-"""``detail="auto"`` uses the full anyres grid from this long side on (1.5 CLIP views)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +143,8 @@ class Captioner:
         limits: ImageLimits | None = None,
         schema: SchemaInput | None = None,
         grammar: str | None = None,
+        image_tokens: int | None = None,
+        token_selection: str | None = None,
     ) -> Generator[CaptionEvent, None, None]:
         """Caption one image, reporting as it goes.
 
@@ -163,6 +163,12 @@ class Captioner:
         ``grammar`` (GBNF, root rule ``root``) constrains it without parsing. A schema is checked before the
         image is read (``SchemaError``); without a prompt, the ``photo`` schema asks for its fields.
 
+        ``image_tokens`` caps the tokens each image feeds (``None``: all; ``llava_edge.image_token_count``
+        tells how many an image takes): every view is still encoded, then that many tokens are chosen from
+        the whole grid by ``token_selection`` (``"diverse"``, the default; ``"pooled"``; ``"uniform"``) and
+        prefilled, so the prefill shrinks in proportion. A budget at or above the image's count changes
+        nothing. ``detail="low"`` makes 576 tokens, so a larger budget there means 576.
+
         Closing the iterator (or leaving a ``for`` loop over it) stops the caption at the next step
         (between two tiles, two prefill batches or two tokens); the next caption runs as on a fresh
         model. ``Captioner.runtime.cancel()`` stops it from another thread (``CaptionCancelledError``).
@@ -171,12 +177,13 @@ class Captioner:
             LlavaEdgeError: as ``describe``, from the iteration.
         """
         structure = structured_output(schema, grammar)
+        budget = token_budget(image_tokens, token_selection)
         pictures = self._pictures(image, detail, limits or self.image_limits)
         text = prompt or (structure and structure.prompt) or DEFAULT_PROMPT
         options = options or self.generation
         if structure is not None:
             options = replace(options, grammar=structure.grammar)
-        with closing(self.runtime.stream(pictures, text, options)) as events:
+        with closing(self.runtime.stream(pictures, text, options, budget)) as events:
             for event in events:
                 if not isinstance(event, Generation):
                     yield event
@@ -200,11 +207,14 @@ class Captioner:
         limits: ImageLimits | None = None,
         schema: SchemaInput | None = None,
         grammar: str | None = None,
+        image_tokens: int | None = None,
+        token_selection: str | None = None,
     ) -> CaptionResult:
         """Caption one image and return the text with its timings (the Python-native result); with ``schema``
-        (as for ``stream``) ``data`` holds the parsed JSON value."""
+        (as for ``stream``) ``data`` holds the parsed JSON value; ``image_tokens`` and ``token_selection`` as
+        for ``stream``."""
         events = self.stream(image, prompt, detail=detail, options=options, limits=limits, schema=schema,
-                             grammar=grammar)
+                             grammar=grammar, image_tokens=image_tokens, token_selection=token_selection)
         return _finished(events).result
 
     def caption(
@@ -218,12 +228,16 @@ class Captioner:
         options: GenerationOptions | None = None,
         schema: SchemaInput | None = None,
         grammar: str | None = None,
+        image_tokens: int | None = None,
+        token_selection: str | None = None,
     ) -> dict[str, Any]:
         """Caption one image and answer with the Runware response item
         ``{"taskType": "imageCaption", "taskUUID", "text"[, "cost"]}``; with ``schema`` (as for ``stream``) the
-        item also has ``data``, the parsed JSON value (``None`` when the answer was cut)."""
+        item also has ``data``, the parsed JSON value (``None`` when the answer was cut); ``image_tokens`` and
+        ``token_selection`` as for ``stream``."""
         events = self.stream(image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail,
-                             options=options, schema=schema, grammar=grammar)
+                             options=options, schema=schema, grammar=grammar, image_tokens=image_tokens,
+                             token_selection=token_selection)
         done = _finished(events)
         return {**done.response, "data": done.result.data} if schema is not None else done.response
 
@@ -255,10 +269,14 @@ class Captioner:
             raise
         return self._response(task.task_uuid, result, task.include_cost)
 
-    def layout(self, image: ImageInput, prompt: str | None = None, *, detail: str = "auto") -> list[PromptChunk]:
+    def layout(
+        self, image: ImageInput, prompt: str | None = None, *, detail: str = "auto", image_tokens: int | None = None,
+        token_selection: str | None = None,
+    ) -> list[PromptChunk]:
         """The prompt chunks the model would evaluate for this image and prompt (no compute)."""
+        budget = token_budget(image_tokens, token_selection)
         picture = prepare_image(load_image(image, limits=self.image_limits, store=self.image_store), detail)
-        return self.runtime.layout(picture, prompt or DEFAULT_PROMPT)
+        return self.runtime.layout(picture, prompt or DEFAULT_PROMPT, budget)
 
     def _options_for(self, task: CaptionRequest) -> GenerationOptions:
         changes: dict[str, Any] = {
@@ -304,11 +322,7 @@ def prepare_image(image: Image.Image, detail: str) -> Image.Image:
     - "auto": "low" when the long side is under ``AUTO_HIGH_MIN_SIDE`` (504 px, 1.5 views: the anyres
       tiles would only magnify the image, adding tokens but no detail), else "high".
     """
-    if detail not in ("auto", "low", "high"):
-        raise ValueError(f"detail must be auto, low or high, got {detail!r}")
-    if detail == "auto":
-        detail = "low" if max(image.size) < AUTO_HIGH_MIN_SIDE else "high"
-    if detail == "low" and max(image.size) > LOW_DETAIL_SIDE:
+    if resolved_detail(*image.size, detail) == "low" and max(image.size) > LOW_DETAIL_SIDE:
         scaled = image.copy()
         scaled.thumbnail((LOW_DETAIL_SIDE, LOW_DETAIL_SIDE), Image.Resampling.BICUBIC)
         return scaled
@@ -349,17 +363,20 @@ def caption(
     runtime: RuntimeOptions | None = None,
     schema: SchemaInput | None = None,
     grammar: str | None = None,
+    image_tokens: int | None = None,
+    token_selection: str | None = None,
 ) -> dict[str, Any]:
     """Caption an image with a cached model and return the Runware response item.
 
     ``image`` may be a path, bytes, a PIL image, an http(s) URL, a data URI, bare base64 or the UUID of
     a stored image. The model loads on the first call and stays loaded for the next ones. ``schema`` (a JSON
     Schema or ``"photo"``) makes the answer JSON that follows it, parsed into the item's ``data``; ``grammar``
-    (GBNF) constrains it without parsing.
+    (GBNF) constrains it without parsing. ``image_tokens`` (with ``token_selection``) feeds at most that many
+    tokens per image, as ``Captioner.stream`` describes.
     """
     return _cache.get(model, runtime).caption(
         image, prompt, task_uuid=task_uuid, include_cost=include_cost, detail=detail, options=options,
-        schema=schema, grammar=grammar,
+        schema=schema, grammar=grammar, image_tokens=image_tokens, token_selection=token_selection,
     )
 
 

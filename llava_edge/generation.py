@@ -35,14 +35,29 @@ class RuntimeOptions:
     """Also keep image prefixes on disk here, so they survive a restart."""
 
 
+UNTIL_CONTEXT_FULL = -1
+"""``GenerationOptions.max_tokens`` for "generate until the context is full" (Ollama's ``num_predict: -1``)."""
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How an answer is sampled."""
+    """How an answer is sampled: llama.cpp's sampler chain (penalties, top-k, typical, top-p, min-p,
+    temperature, seeded draw), in llama.cpp's order. Each sampler at its neutral value is left out."""
 
     max_tokens: int = 256
+    """Tokens to generate at most; ``UNTIL_CONTEXT_FULL`` (-1): as many as the context has room for."""
     temperature: float = 0.2
+    """0: greedy (the most likely token every time)."""
     top_p: float = 0.95
     top_k: int = 40
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    """Divides the logits of tokens seen in the last ``repeat_last_n`` (1.0: off)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_last_n: int = 64
+    """Tokens the penalties look back over (-1: the whole context; 0: off)."""
     seed: int | None = None
     """Sampling seed; ``None`` draws a fresh one per call."""
     stop: tuple[str, ...] = ()
@@ -68,15 +83,21 @@ class Timings:
     image_encode_s: float = 0.0
     image_prefill_s: float = 0.0
     text_prefill_s: float = 0.0
+    image_select_s: float = 0.0
+    """Choosing the kept tokens of images under a token budget (0 without one)."""
     first_token_s: float = 0.0
     """From the start of the call to the first sampled token."""
     decode_s: float = 0.0
     total_s: float = 0.0
     image_tokens: int = 0
+    """Image tokens fed to the model (under a token budget: the kept ones)."""
     prompt_tokens: int = 0
     generated_tokens: int = 0
     prefix_cache_hit: bool = False
     """The image's evaluated state came from the prefix cache (encode 0 s; prefill = restore time)."""
+    cached_tokens: int = 0
+    """Prompt tokens not evaluated again: an image prefix still in the context or restored from the prefix
+    cache, or the tokens a text-only prompt shares with the one before it."""
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -73,6 +73,8 @@ def _points(report: EvalReport, detail: str) -> list[tuple[float, float, str, in
         quality, speed = variant.quality.get(detail, {}), variant.speed.get(detail, {})
         if "kl_mean" in quality and "total_s" in speed:
             short = variant.label.split(" (")[0] + ("*" if "stand-in" in variant.label else "")
+            if variant.image_tokens is not None:
+                short += f" @{variant.image_tokens} {variant.token_selection}"
             points.append((speed["total_s"], quality["kl_mean"], short, variant.peak_rss_bytes))
     return points
 

@@ -20,6 +20,11 @@ import click
 @click.option("--images", "limit", type=click.IntRange(1), default=None, help="Use only the first N images.")
 @click.option("--detail", "details", multiple=True, type=click.Choice(["low", "high"]), default=("low", "high"),
               show_default=True)
+@click.option("--image-tokens", "image_tokens", default=None, metavar="N[,N...]",
+              help="Also measure each variant under these image token budgets (e.g. 2880,1280,640,320,160); each "
+                   "row is compared with the reference at all tokens and with the same variant at all tokens.")
+@click.option("--token-selection", "token_selections", default="diverse", show_default=True,
+              metavar="METHOD[,METHOD...]", help="How budgets pick tokens: diverse, pooled, uniform (comma list).")
 @click.option("--prompt", default=None, help="The instruction before each caption.")
 @click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True,
               help="Tokens generated per timed caption.")
@@ -33,7 +38,8 @@ import click
 @click.option("--name", default=None, help="File name stem (default: eval-<UTC time>).")
 @click.option("--no-chart", is_flag=True, help="Skip the PNG chart (needs matplotlib, the bench extra).")
 def eval_command(variants: tuple[str, ...], ladder: bool, reference: str | None, mmproj: str | None,
-                 images_dir: str | None, limit: int | None, details: tuple[str, ...], prompt: str | None,
+                 images_dir: str | None, limit: int | None, details: tuple[str, ...], image_tokens: str | None,
+                 token_selections: str, prompt: str | None,
                  max_tokens: int, score_tokens: int | None, warmup: int, threads: int | None, n_ctx: int | None,
                  registry: str | None, out: str, name: str | None, no_chart: bool) -> None:
     """Compare quantization VARIANTS (default: every downloaded one) against a reference: quality loss
@@ -45,15 +51,38 @@ def eval_command(variants: tuple[str, ...], ladder: bool, reference: str | None,
     from llava_edge.evaluation.runner import EVAL_PROMPT, EvalSettings, run_eval
     from llava_edge.evaluation.variants import choose_reference, resolve_variants
 
+    budgets, selections = _budgets(image_tokens, token_selections)
     chosen = resolve_variants(variants, ladder=ladder, mmproj=mmproj, registry=registry)
     base = choose_reference(chosen, reference, mmproj=mmproj, registry=registry)
     items = load_eval_set(images_dir, limit=limit)
     runtime = {key: value for key, value in (("threads", threads), ("threads_batch", threads), ("n_ctx", n_ctx))
                if value is not None}
     settings = EvalSettings(prompt=prompt or EVAL_PROMPT, details=tuple(dict.fromkeys(details)),
-                            max_tokens=max_tokens, score_tokens=score_tokens, warmup=warmup, runtime=runtime)
+                            max_tokens=max_tokens, score_tokens=score_tokens, warmup=warmup, runtime=runtime,
+                            image_tokens=budgets, token_selections=selections)
     stem = name or f"eval-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     report = run_eval(chosen, base, items, settings, progress=lambda line: click.echo(line, err=True),
                       on_result=lambda partial: write_outputs(partial, out, stem, chart=False))
     for kind, path in write_outputs(report, out, stem, chart=not no_chart).items():
         click.echo(f"{kind}: {path}")
+
+
+def _budgets(image_tokens: str | None, selections: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``--image-tokens`` and ``--token-selection`` as lists, checked (``click.BadParameter`` names the flag)."""
+    from llava_edge.token_budget import SELECTIONS
+
+    methods = tuple(dict.fromkeys(part.strip() for part in selections.split(",") if part.strip()))
+    unknown = [method for method in methods if method not in SELECTIONS]
+    if unknown or not methods:
+        raise click.BadParameter(f"choose from {', '.join(SELECTIONS)}; got {selections!r}",
+                                 param_hint="--token-selection")
+    if image_tokens is None:
+        return (), methods
+    try:
+        budgets = tuple(dict.fromkeys(int(part) for part in image_tokens.split(",") if part.strip()))
+    except ValueError:
+        budgets = ()
+    if not budgets or min(budgets) < 1:
+        raise click.BadParameter(f"give whole numbers of at least 1, like 2880,640,160; got {image_tokens!r}",
+                                 param_hint="--image-tokens")
+    return budgets, methods

@@ -10,15 +10,19 @@ from llava_edge.evaluation.chart import draw_chart
 from llava_edge.evaluation.runner import EvalReport, VariantResult
 
 GIB = 2**30
-COLUMNS = ("variant", "type", "file MB", "peak RSS GiB", "KL mean", "KL p99", "top-1 agree", "ΔNLL/token",
-           "CLIP encode s", "prefill tok/s", "decode tok/s", "first token s", "total s")
+COLUMNS = ("variant", "type", "image tokens", "file MB", "peak RSS GiB", "KL mean", "KL p99", "top-1 agree",
+           "ΔNLL/token", "KL vs own all tokens", "CLIP encode s", "prefill tok/s", "decode tok/s", "first token s",
+           "total s")
 NOTES = (
     "KL: KL(reference || variant) of the next-token distributions in nats, teacher-forced over the reference "
     "captions, mean and 99th percentile over all caption positions. Top-1 agree: share of positions where "
     "both models rank the same token first. ΔNLL/token: the variant's negative log-likelihood of the "
     "reference captions minus the reference model's, per token (positive: the variant finds the captions "
     "less likely). Speed: medians over the images of a timed caption of a fixed number of tokens; model "
-    "load excluded. Peak RSS: the whole measuring process (load, captions and scoring)."
+    "load excluded. Peak RSS: the whole measuring process (load, captions and scoring). A row with a budget "
+    "(`@640 diverse`) fed at most that many image tokens per image; its KL columns compare it with the one "
+    "reference at all tokens, and \"KL vs own all tokens\" (mean) with the same variant at all tokens. Image "
+    "tokens: the median fed per caption."
 )
 SYNTHETIC_NOTE = ("Synthetic models have random weights: their numbers show the structure of quantization loss "
                   "(how it grows as precision drops), not the quality of real captions.")
@@ -65,11 +69,12 @@ def markdown(report: EvalReport, *, chart: str | None = None) -> str:
 
 def _row(variant: VariantResult, detail: str) -> list[str]:
     quality, speed = variant.quality.get(detail, {}), variant.speed.get(detail, {})
-    name = f"**{variant.name}** (reference)" if variant.reference else variant.name
+    name = f"**{variant.name}** (reference)" if variant.reference else variant.row_name
     return [
-        name, variant.label, f"{variant.file_bytes / 1e6:.1f}", f"{variant.peak_rss_bytes / GIB:.2f}",
-        _number(quality, "kl_mean"), _number(quality, "kl_p99"), _percent(quality, "top1_agreement"),
-        _number(quality, "delta_nll", signed=True), _fixed(speed, "image_encode_s", 3),
+        name, variant.label, _fixed(speed, "image_tokens", 0), f"{variant.file_bytes / 1e6:.1f}",
+        f"{variant.peak_rss_bytes / GIB:.2f}", _number(quality, "kl_mean"), _number(quality, "kl_p99"),
+        _percent(quality, "top1_agreement"), _number(quality, "delta_nll", signed=True),
+        _number(variant.quality_own.get(detail, {}), "kl_mean"), _fixed(speed, "image_encode_s", 3),
         _fixed(speed, "prefill_tok_s", 1), _fixed(speed, "decode_tok_s", 1), _fixed(speed, "first_token_s", 3),
         _fixed(speed, "total_s", 3),
     ]

@@ -1,7 +1,8 @@
 """``run_eval``: the reference first, then each variant, every one in its own measured process.
 
 Each process captions every image of the set at each detail (timed per stage: CLIP encode, prefill,
-first token, decode, total) and teacher-forces the reference captions. The reference's logits wait in a
+first token, decode, total) and teacher-forces the reference captions, with all image tokens and under
+each image token budget (one report row per variant and budget). The reference's logits wait in a
 scratch folder; a variant is compared with them caption by caption. The parent adds the positions up
 per detail (mean and p99 KL, top-1 agreement, caption NLL against the reference) and takes the medians
 of the timings. Peak RSS comes from ``wait4`` on each process (``bench.machine_facts.run_measured``).
@@ -43,6 +44,14 @@ class EvalSettings:
     seed: int = 0
     runtime: dict[str, Any] = field(default_factory=dict)
     """``RuntimeOptions`` fields that differ from the defaults."""
+    image_tokens: tuple[int, ...] = ()
+    """Image token budgets: every variant is also measured under each (with each of ``token_selections``)."""
+    token_selections: tuple[str, ...] = ("diverse",)
+
+    @property
+    def budgets(self) -> list[tuple[int, str]]:
+        """(tokens, selection) of every budget row, in order."""
+        return [(tokens, selection) for tokens in self.image_tokens for selection in self.token_selections]
 
 
 @dataclass
@@ -64,6 +73,16 @@ class VariantResult:
     """Per detail: medians of the stages (seconds, tokens per second, token counts)."""
     captions: list[dict[str, Any]]
     """Per image and detail: the headline numbers (for finding the images that differ most)."""
+    image_tokens: int | None = None
+    """This row's image token budget (``None``: all tokens)."""
+    token_selection: str | None = None
+    quality_own: dict[str, dict[str, float]] = field(default_factory=dict)
+    """A budget row, per detail: ``QualityTally.summary()`` against the same variant at all tokens."""
+
+    @property
+    def row_name(self) -> str:
+        """The variant's name, with the budget when the row has one."""
+        return self.name if self.image_tokens is None else f"{self.name} @{self.image_tokens} {self.token_selection}"
 
 
 @dataclass
@@ -108,14 +127,15 @@ def run_eval(
         for role, variant in [(REFERENCE, reference), *((VARIANT, variant) for variant in others)]:
             if progress:
                 progress(f"{variant.name} ({variant.label}): {len(items)} image(s) x {', '.join(settings.details)}")
-            report.variants.append(_measure(variant, role, items, settings, Path(scratch)))
+            report.variants.extend(_measure(variant, role, items, settings, Path(scratch)))
             if on_result:
                 on_result(report)
     return report
 
 
 def _measure(variant: EvalVariant, role: str, items: Sequence[EvalItem], settings: EvalSettings,
-             scratch: Path) -> VariantResult:
+             scratch: Path) -> list[VariantResult]:
+    """The variant's all-token row, then one row per budget, from one measured process."""
     output = scratch / f"result-{time.monotonic_ns()}.json"
     job = {
         "name": variant.name, "model_path": str(variant.files.model_path),
@@ -123,6 +143,7 @@ def _measure(variant: EvalVariant, role: str, items: Sequence[EvalItem], setting
         "runtime": settings.runtime, "prompt": settings.prompt, "details": list(settings.details),
         "max_tokens": settings.max_tokens, "score_tokens": settings.score_tokens, "warmup": settings.warmup,
         "seed": settings.seed, "role": role, "reference_dir": str(scratch), "output": str(output),
+        "budgets": settings.budgets,
         "items": [{"name": item.name, "path": str(item.path), "caption": item.caption} for item in items],
     }
     run = run_measured([sys.executable, "-m", "llava_edge.evaluation.worker"], json.dumps(job))
@@ -134,18 +155,26 @@ def _measure(variant: EvalVariant, role: str, items: Sequence[EvalItem], setting
             f"{variant.name}: the evaluation process exited with status {run.returncode}. Try `llava-edge caption` "
             f"with the same model to see the error alone; the end of its output:\n{run.stderr[-2000:]}"
         )
-    return VariantResult(
-        variant.name, variant.label, variant.quant, role == REFERENCE, str(variant.files.model_path),
-        str(variant.files.mmproj_path), variant.file_bytes, run.peak_rss_bytes, data["load_s"],
-        quality=_quality(data["captions"], settings.details), speed=_speed(data["captions"], settings.details),
-        captions=[_headline(caption) for caption in data["captions"]],
-    )
+    rows = []
+    for budget in [None, *settings.budgets]:
+        key = list(budget) if budget else None
+        captions = [caption for caption in data["captions"] if caption.get("budget") == key]
+        rows.append(VariantResult(
+            variant.name, variant.label, variant.quant, role == REFERENCE and budget is None,
+            str(variant.files.model_path), str(variant.files.mmproj_path), variant.file_bytes, run.peak_rss_bytes,
+            data["load_s"], quality=_quality(captions, settings.details), speed=_speed(captions, settings.details),
+            captions=[_headline(caption) for caption in captions], image_tokens=budget[0] if budget else None,
+            token_selection=budget[1] if budget else None,
+            quality_own=_quality(captions, settings.details, "own_comparison") if budget else {},
+        ))
+    return rows
 
 
-def _quality(captions: list[dict[str, Any]], details: Sequence[str]) -> dict[str, dict[str, float]]:
+def _quality(captions: list[dict[str, Any]], details: Sequence[str],
+             key: str = "comparison") -> dict[str, dict[str, float]]:
     tallies = {detail: QualityTally() for detail in details}
     for caption in captions:
-        tallies[caption["detail"]].add(CaptionComparison(**caption["comparison"]))
+        tallies[caption["detail"]].add(CaptionComparison(**caption[key]))
     return {detail: tally.summary() for detail, tally in tallies.items()}
 
 
@@ -173,7 +202,7 @@ def _headline(caption: dict[str, Any]) -> dict[str, Any]:
     comparison = CaptionComparison(**caption["comparison"])
     tally = QualityTally()
     tally.add(comparison)
-    return {"image": caption["image"], "detail": caption["detail"], **tally.summary(),
+    return {"image": caption["image"], "detail": caption["detail"], "budget": caption.get("budget"), **tally.summary(),
             "total_s": caption["timings"]["total_s"]}
 
 

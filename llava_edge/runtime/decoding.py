@@ -46,6 +46,9 @@ class Decoder:
         some was held back, then the ``Generation`` (the text, why it ended, the timings of every stage).
         Closing the iterator stops decoding; the sampler is freed either way."""
         stream = TextStream(self.options.stop)
+        # Tokens enough to hold any stop string (a token has at least one byte): only they are searched, so a
+        # token costs the same however long the answer grows.
+        window = max((len(word.encode()) for word in self.options.stop), default=0) + 1
         pieces: list[bytes] = []
         reason, first_token_at = "length", None
         try:
@@ -56,7 +59,7 @@ class Decoder:
                     reason = "stop"
                     break
                 pieces.append(token_piece(self.vocab, token))
-                if self.options.stop and contains_stop(pieces, self.options.stop):
+                if self.options.stop and contains_stop(pieces[-window:], self.options.stop):
                     reason = "stop"
                     break
                 yield TextDelta(stream.feed(pieces[-1]), len(pieces))

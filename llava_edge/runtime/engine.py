@@ -8,32 +8,31 @@ and text (reusing an image prefix when it can), and hands over to the decoding l
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 from PIL import Image
 
-from llava_edge.errors import CaptionCancelledError, ContextOverflowError, RuntimeBackendError
-from llava_edge.events import ENCODE, PREFILL, Progress, TextDelta
+from llava_edge.errors import CaptionCancelledError, RuntimeBackendError
+from llava_edge.events import ENCODE, Progress, TextDelta
 from llava_edge.generation import (
+    UNTIL_CONTEXT_FULL,
     Generation,
     GenerationOptions,
     PromptChunk,
     RuntimeOptions,
-    image_tokens,
     prompt_tokens,
 )
 from llava_edge.models.catalog import ModelFiles
 from llava_edge.models.file_check import check_model_pair
-from llava_edge.prefix_cache import PrefixCache, PrefixState
+from llava_edge.prefix_cache import PrefixCache
 from llava_edge.runtime.backend import (
     ABORT_NOW,
     NO_ABORT,
@@ -42,9 +41,14 @@ from llava_edge.runtime.backend import (
     offload_plan,
     raise_if_interrupted,
 )
+from llava_edge.runtime.context_budget import check_context
 from llava_edge.runtime.decoding import Decoder, token_piece
-from llava_edge.runtime.image_eval import Tokenized, eval_image, eval_text
+from llava_edge.runtime.image_eval import SELECT, Tokenized, eval_image, eval_reduced_image, eval_text
 from llava_edge.runtime.loading import identity, load_model, new_context, new_mtmd
+from llava_edge.runtime.prompt_plan import IMAGE, REDUCED, TEXT, Meter, Plan, Segment, checked, plan
+from llava_edge.runtime.sequence_state import restore, snapshot
+from llava_edge.runtime.text_prefix import eval_text_prompt
+from llava_edge.token_budget import TokenBudget
 
 RuntimeEvent = Progress | TextDelta | Generation
 """What ``LlavaRuntime.stream`` yields: progress, text deltas, and the ``Generation`` last."""
@@ -91,6 +95,8 @@ class LlavaRuntime:
         self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes, self.options.prefix_cache_dir)
         self._resident: tuple[str, int] | None = None
         """(prefix key, positions) of the image prefix now in the context, from the last call."""
+        self._text_resident: tuple[int, ...] | None = None
+        """The tokens of the text-only prompt now in the context, from the last call."""
         self._identity = identity(files, self.options)
 
     @property
@@ -141,35 +147,42 @@ class LlavaRuntime:
         """The text of a token sequence."""
         return b"".join(token_piece(self._vocab, token) for token in tokens).decode("utf-8", "replace")
 
-    def prompt_text(self, prompt: str | Sequence[str]) -> str:
+    def prompt_text(self, prompt: str | Sequence[str], *, images: int = 1) -> str:
         """The full prompt as fed to libmtmd: the pinned template with the media marker for the image.
 
         ``prompt`` is one text, or one text per image (several images): text ``i`` follows image ``i``, the
         first image sits where the template puts it and each later one right before its text. Markers
-        inside the texts are removed, so a prompt cannot add images of its own."""
+        inside the texts are removed, so a prompt cannot add images of its own. With no image (``images`` 0)
+        the template's image slot and the line break after it are left out."""
         parts = [prompt] if isinstance(prompt, str) else list(prompt)
         safe = [part.replace(self._marker, "") for part in parts]
         text = safe[0] + "".join(self._marker + part for part in safe[1:])
-        return self.files.template.replace("{image}", self._marker).replace("{prompt}", text)
+        template = self.files.template if images else _without_image(self.files.template)
+        return template.replace("{image}", self._marker).replace("{prompt}", text)
 
-    def layout(self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]) -> list[PromptChunk]:
-        """Tokenize without evaluating: the text tokens and image token counts the model would see."""
-        images, text = _checked(image, prompt)
-        with self._lock, Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
-            return tokenized.layout()
+    def layout(
+        self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str],
+        budget: TokenBudget | None = None,
+    ) -> list[PromptChunk]:
+        """Tokenize without evaluating: the text tokens and image token counts the model would see (under
+        ``budget``: the image tokens fed)."""
+        images, text = checked(image, prompt)
+        with self._lock, Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
+            return plan(tokenized, budget).layout(tokenized)
 
     def generate(
         self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str],
-        options: GenerationOptions | None = None,
+        options: GenerationOptions | None = None, budget: TokenBudget | None = None,
     ) -> Generation:
         """Caption ``image`` (RGB) following ``prompt``; several images take one text each (``prompt_text``).
+        With ``budget``, each image feeds at most ``budget.tokens`` of its tokens (see ``stream``).
 
         Raises:
             ContextOverflowError: image + prompt + max_tokens exceed n_ctx (raised before any compute).
             RuntimeBackendError: llama.cpp failed to encode, decode or sample.
             CaptionCancelledError: ``cancel()`` was called while it ran.
         """
-        with closing(self.stream(image, prompt, options)) as events:
+        with closing(self.stream(image, prompt, options, budget)) as events:
             for event in events:
                 if isinstance(event, Generation):
                     return event
@@ -177,26 +190,32 @@ class LlavaRuntime:
 
     def stream(
         self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str],
-        options: GenerationOptions | None = None,
+        options: GenerationOptions | None = None, budget: TokenBudget | None = None,
     ) -> Generator[RuntimeEvent, None, None]:
         """Caption ``image`` as ``generate`` does, reporting as it goes: ``Progress`` of the CLIP encode (per
         tile) and of the prefill (per batch), a ``TextDelta`` per generated token, and the ``Generation``
         last. The model is held from the first event to the last; closing the iterator early stops the
         caption between two calls into llama.cpp and leaves the context ready for the next one.
 
+        With ``budget``, an image with more tokens than ``budget.tokens`` has all its views encoded, then
+        that many tokens kept (``budget.selection``) and prefilled at contiguous positions; the timings
+        count the tokens fed. A budget at or above an image's token count changes nothing.
+
         Raises:
             The errors of ``generate``, from the iteration.
         """
         options = options or GenerationOptions()
-        images, text = _checked(image, prompt)
+        images, text = checked(image, prompt)
         generation: Generation | None = None
         with self._lock:
             self._begin_call()
             started = time.perf_counter()
-            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
-                layout = tokenized.layout()
-                self._check_budget(layout, options.max_tokens, len(images))
-                stages = yield from self._evaluate(tokenized)
+            with Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
+                planned = plan(tokenized, budget)
+                layout = planned.layout(tokenized)
+                options = self._resolved(options, layout)
+                check_context(layout, self.n_ctx, options.max_tokens, len(images))
+                stages = yield from self._evaluate(tokenized, planned)
             raise_if_interrupted()
             self._raise_if_cancelled()
             decoder = Decoder(
@@ -214,7 +233,7 @@ class LlavaRuntime:
     @contextmanager
     def evaluated_prompt(
         self, image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str], *, reserve: int,
-        reserved_for: str = "max_tokens",
+        reserved_for: str = "max_tokens", budget: TokenBudget | None = None,
     ) -> Iterator[EvaluatedPrompt]:
         """Evaluate the image and prompt as a caption does (the same chunks, batches and prefix reuse), then
         hold the model while the caller reads and extends the context (teacher-forced scoring does).
@@ -222,17 +241,19 @@ class LlavaRuntime:
         Args:
             reserve: positions the caller will add after the prompt, checked against n_ctx first.
             reserved_for: what they are, for the overflow message.
+            budget: image token budget, as for ``stream``.
 
         Raises:
             ContextOverflowError, RuntimeBackendError: as ``generate``.
         """
-        images, text = _checked(image, prompt)
+        images, text = checked(image, prompt)
         with self._lock:
             self._begin_call()
-            with Tokenized(self._mtmd, images, self.prompt_text(text)) as tokenized:
-                layout = tokenized.layout()
-                self._check_budget(layout, reserve, len(images), reserved_for)
-                for _ in self._evaluate(tokenized):
+            with Tokenized(self._mtmd, images, self.prompt_text(text, images=len(images))) as tokenized:
+                planned = plan(tokenized, budget)
+                layout = planned.layout(tokenized)
+                check_context(layout, self.n_ctx, reserve, len(images), reserved_for)
+                for _ in self._evaluate(tokenized, planned):
                     raise_if_interrupted()
             n_past = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0)) + 1
             yield EvaluatedPrompt(self._ctx, self._vocab, layout, n_past)
@@ -244,45 +265,61 @@ class LlavaRuntime:
         self._cancelled.clear()
         llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
 
-    def _check_budget(self, layout: list[PromptChunk], max_tokens: int, n_images: int,
-                      reserved_for: str = "max_tokens") -> None:
-        image, prompt = image_tokens(layout), prompt_tokens(layout)
-        if prompt + max_tokens > self.n_ctx:
-            blamed = "maxTokens" if prompt < self.n_ctx else "prompt"
-            images = "image" if n_images == 1 else f"{n_images} images"
-            raise ContextOverflowError(
-                f"The {images} ({image} tokens) plus prompt ({prompt - image} tokens) plus "
-                f"{reserved_for} ({max_tokens}) is {prompt + max_tokens} tokens, more than n_ctx {self.n_ctx}. "
-                f"{'Send fewer images, use' if n_images > 1 else 'Lower max_tokens, use'} detail=\"low\", "
-                "or load the model with a larger n_ctx.",
-                parameter=blamed,
-            )
+    def _resolved(self, options: GenerationOptions, layout: list[PromptChunk]) -> GenerationOptions:
+        """``options`` with the context-relative values made absolute: ``UNTIL_CONTEXT_FULL`` tokens and a
+        penalty window of -1 (the whole context)."""
+        if options.max_tokens == UNTIL_CONTEXT_FULL:
+            options = replace(options, max_tokens=max(1, self.n_ctx - prompt_tokens(layout)))
+        return replace(options, repeat_last_n=self.n_ctx) if options.repeat_last_n < 0 else options
 
-    def _evaluate(self, tokenized: Tokenized) -> Generator[Progress, None, dict[str, Any]]:
-        """Evaluate every chunk, reporting progress; returns seconds per stage.
+    def _evaluate(self, tokenized: Tokenized, planned: Plan) -> Generator[Progress, None, dict[str, Any]]:
+        """Evaluate every segment, reporting progress; returns seconds per stage.
 
         The image prefix (``[INST] <image>``) is not evaluated again when it can be had cheaper: still in
         the context from the last call on the same image (its later tokens are dropped, nothing is
         copied), or restored from the prefix cache. A newly evaluated prefix goes into the cache when
         the cache is on. The context holds a prefix (``_resident``) only once it is complete, so a caption
-        stopped part-way leaves the next call to clear or trim the context."""
+        stopped part-way leaves the next call to clear or trim the context. A budget that reduced an
+        image is part of the prefix's key."""
         stages: dict[str, Any] = {"image_encode_s": 0.0, "image_prefill_s": 0.0, "text_prefill_s": 0.0}
-        count, prefix_end = tokenized.count, tokenized.prefix_end
-        key = self._prefix_key(tokenized) if prefix_end else None
+        segments, prefix_end = planned.segments, planned.prefix_end
+        text_resident, self._text_resident = self._text_resident, None
+        if prefix_end == 0:  # no image: reuse the last text prompt's tokens instead
+            self._resident = None
+            yield from self._evaluate_text(tokenized, text_resident, stages)
+            return stages
+        key = self._prefix_key(tokenized, planned.budget)
         resident, self._resident = self._resident, None
         n_past = self._reuse_resident(resident, key, stages)
         if n_past is None:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
             n_past = self._restore_prefix(key, stages) if key and self.prefix_cache.enabled else None
-        meter = _Meter(tokenized, range(prefix_end if n_past is not None else 0, count))
+        meter = Meter(segments[prefix_end if n_past is not None else 0:])
         yield from meter.start()
         if n_past is None:
-            n_past = yield from self._eval_chunks(tokenized, range(prefix_end), 0, stages, meter)
+            n_past = yield from self._eval_segments(tokenized, segments[:prefix_end], 0, stages, meter)
             if key and self.prefix_cache.enabled:
-                self.prefix_cache.put(key, self._snapshot(n_past))
+                self.prefix_cache.put(key, snapshot(self._ctx, n_past))
         self._resident = (key, n_past) if key else None
-        yield from self._eval_chunks(tokenized, range(prefix_end, count), n_past, stages, meter)
+        yield from self._eval_segments(tokenized, segments[prefix_end:], n_past, stages, meter)
         return stages
+
+    def _evaluate_text(
+        self, tokenized: Tokenized, resident: tuple[int, ...] | None, stages: dict[str, Any]
+    ) -> Generator[Progress, None, None]:
+        """A text-only prompt, from the longest prefix it shares with the last one (``text_prefix``)."""
+        tokens = tuple(token for index in range(tokenized.count) for token in tokenized.text_tokens(index))
+        steps = eval_text_prompt(self._ctx, tokens, resident, self.options.n_batch, self._raise_if_cancelled)
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as done:
+                stages["cached_tokens"], stages["text_prefill_s"] = done.value
+                break
+            yield progress
+            raise_if_interrupted()
+            self._raise_if_cancelled()
+        self._text_resident = tokens
 
     def _reuse_resident(
         self, resident: tuple[str, int] | None, key: str | None, stages: dict[str, Any]
@@ -294,89 +331,61 @@ class LlavaRuntime:
         if not llama_cpp.llama_memory_seq_rm(memory, 0, resident[1], -1):
             return None
         stages["prefix_cache_hit"] = True
+        stages["cached_tokens"] = resident[1]
         return resident[1]
 
-    def _eval_chunks(
-        self, tokenized: Tokenized, indices: range, n_past: int, stages: dict[str, Any], meter: _Meter
+    def _eval_segments(
+        self, tokenized: Tokenized, segments: list[Segment], n_past: int, stages: dict[str, Any], meter: Meter,
     ) -> Generator[Progress, None, int]:
-        """Evaluate chunks from position ``n_past``, a progress event after every call into llama.cpp (the
+        """Evaluate segments from position ``n_past``, a progress event after every call into llama.cpp (the
         caller may stop there); the new n_past."""
-        for index in indices:
-            chunk = tokenized.chunk(index)
-            if tokenized.is_image(index):
-                steps = eval_image(self._mtmd, self._ctx, chunk, n_past, self.options.n_batch,
-                                   self._raise_if_cancelled)
-                prefill_stage = "image_prefill_s"
-            else:
-                steps = eval_text(self._ctx, tokenized.text_tokens(index), n_past, self.options.n_batch,
-                                  last=index == tokenized.count - 1, on_failure=self._raise_if_cancelled)
-                prefill_stage = "text_prefill_s"
-            for stage, amount, seconds in steps:
-                stages["image_encode_s" if stage == ENCODE else prefill_stage] += seconds
-                yield meter.step(stage, amount, seconds)
-                raise_if_interrupted()
-                self._raise_if_cancelled()
-            n_past += tokenized.n_pos(index)
+        for segment in segments:
+            yield from self._eval_segment(tokenized, segment, n_past, stages, meter)
+            n_past += segment.tokens if segment.kind == REDUCED else tokenized.n_pos(segment.chunks[0])
         return n_past
 
-    def _prefix_key(self, tokenized: Tokenized) -> str:
-        prefix = self.files.template.split("{image}")[0]
-        return hashlib.sha256(f"{self._identity}|{prefix}|{tokenized.image_key}".encode()).hexdigest()
+    def _eval_segment(
+        self, tokenized: Tokenized, segment: Segment, n_past: int, stages: dict[str, Any], meter: Meter,
+    ) -> Iterator[Progress]:
+        n_batch, on_failure = self.options.n_batch, self._raise_if_cancelled
+        first = segment.chunks[0]
+        if segment.kind == IMAGE:
+            steps = eval_image(self._mtmd, self._ctx, tokenized.chunk(first), n_past, n_batch, on_failure)
+        elif segment.kind == REDUCED:
+            chunks = [tokenized.chunk(index) for index in segment.chunks]
+            steps = eval_reduced_image(self._mtmd, self._ctx, chunks, segment.tokens, segment.selection,
+                                       n_past, n_batch, on_failure)
+        else:
+            steps = eval_text(self._ctx, tokenized.text_tokens(first), n_past, n_batch,
+                              last=first == tokenized.count - 1, on_failure=on_failure)
+        prefill_stage = "text_prefill_s" if segment.kind == TEXT else "image_prefill_s"
+        for stage, amount, seconds in steps:
+            if stage == SELECT:
+                stages["image_select_s"] = stages.get("image_select_s", 0.0) + seconds
+            else:
+                stages["image_encode_s" if stage == ENCODE else prefill_stage] += seconds
+                yield meter.step(stage, amount, seconds)
+            raise_if_interrupted()
+            self._raise_if_cancelled()
 
-    def _snapshot(self, n_past: int) -> PrefixState:
-        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
-        data = bytearray(size)  # llama.cpp writes straight into it: one copy of a state of ~360 MB, not three
-        view = (ctypes.c_uint8 * size).from_buffer(data)
-        written = llama_cpp.llama_state_seq_get_data(self._ctx, view, size, 0)
-        del view  # releases the buffer so it may shrink
-        del data[written:]
-        return PrefixState(n_past, data)
+    def _prefix_key(self, tokenized: Tokenized, budget: TokenBudget | None) -> str:
+        prefix = self.files.template.split("{image}")[0]
+        reduced = f"|tokens={budget.tag}" if budget is not None else ""  # unchanged for full-token prefixes
+        return hashlib.sha256(f"{self._identity}|{prefix}|{tokenized.image_key}{reduced}".encode()).hexdigest()
 
     def _restore_prefix(self, key: str, stages: dict[str, Any]) -> int | None:
         state = self.prefix_cache.get(key)
         if state is None:
             return None
         began = time.perf_counter()
-        view = (ctypes.c_uint8 * len(state.data)).from_buffer(state.data)  # no copy
-        restored = llama_cpp.llama_state_seq_set_data(self._ctx, view, len(state.data), 0)
-        del view
-        if restored == 0:
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        if not restore(self._ctx, state):
             return None
         stages["image_prefill_s"] = time.perf_counter() - began
         stages["prefix_cache_hit"] = True
+        stages["cached_tokens"] = state.n_past
         return state.n_past
 
 
-def _checked(
-    image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str]
-) -> tuple[list[Image.Image], str | list[str]]:
-    """The images as a list, and the prompt: one text, or one text per image."""
-    images = [image] if isinstance(image, Image.Image) else list(image)
-    if not images:
-        raise ValueError("give at least one image")
-    if not isinstance(prompt, str) and len(prompt) != len(images):
-        raise ValueError(f"give one prompt text per image: {len(images)} images, {len(prompt)} texts")
-    return images, prompt if isinstance(prompt, str) else list(prompt)
-
-
-class _Meter:
-    """Counts the tiles encoded and prompt tokens evaluated by one call, as ``Progress`` events."""
-
-    def __init__(self, tokenized: Tokenized, indices: range):
-        images = [index for index in indices if tokenized.is_image(index)]
-        tokens = sum(int(mtmd.mtmd_input_chunk_get_n_tokens(tokenized.chunk(index))) for index in indices)
-        self.totals = {ENCODE: len(images), PREFILL: tokens}
-        self.done = {ENCODE: 0, PREFILL: 0}
-        self.elapsed = {ENCODE: 0.0, PREFILL: 0.0}
-
-    def start(self) -> Iterator[Progress]:
-        """A first event per stage with work to do (``done`` 0), so a display knows the totals at once."""
-        for stage in (ENCODE, PREFILL):
-            if self.totals[stage]:
-                yield Progress.measured(stage, 0, self.totals[stage], 0.0)
-
-    def step(self, stage: str, amount: int, seconds: float) -> Progress:
-        self.done[stage] += amount
-        self.elapsed[stage] += seconds
-        return Progress.measured(stage, self.done[stage], self.totals[stage], self.elapsed[stage])
+def _without_image(template: str) -> str:
+    """A template for a text-only prompt: its image slot removed, with the line break that follows it."""
+    return template.replace("{image}\n", "").replace("{image}", "")

@@ -12,11 +12,16 @@ from typing import Any, Self
 
 import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
+import numpy as np
 from PIL import Image
 
 from llava_edge.errors import RuntimeBackendError
 from llava_edge.events import ENCODE, PREFILL
 from llava_edge.generation import PromptChunk
+from llava_edge.runtime.token_selection import reduce_views
+
+SELECT = "select"
+"""Step kind of the token selection of a budgeted image (reported in the timings, not as progress)."""
 
 
 class Tokenized:
@@ -42,6 +47,7 @@ class Tokenized:
             self.__exit__()
             raise
         self.count = int(mtmd.mtmd_input_chunks_size(self.chunks))
+        self.n_images = len(keys)
         self.prefix_end = self._prefix_end()
         self.image_key = keys[0] if len(keys) == 1 else self._joined_key(keys)
 
@@ -55,6 +61,19 @@ class Tokenized:
 
     def is_image(self, index: int) -> bool:
         return bool(mtmd.mtmd_input_chunk_get_type(self.chunk(index)) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE)
+
+    def image_runs(self) -> list[list[int]]:
+        """The image chunks (views) of each image, in order: runs of image chunks between text chunks (the
+        pinned templates put text between any two images, so each run is one image)."""
+        runs: list[list[int]] = []
+        for index in range(self.count):
+            if not self.is_image(index):
+                continue
+            if runs and runs[-1][-1] == index - 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        return runs
 
     def _prefix_end(self) -> int:
         """Index after the last image chunk: the chunks before it do not depend on the prompt."""
@@ -96,7 +115,8 @@ class Tokenized:
 
 
 Step = tuple[str, int, float]
-"""What one call into llama.cpp did: (``ENCODE``, 1 tile, seconds) or (``PREFILL``, tokens, seconds)."""
+"""What one call into llama.cpp did: (``ENCODE``, 1 tile, seconds) or (``PREFILL``, tokens, seconds); or
+the selection of a budgeted image (``SELECT``, 0, seconds)."""
 
 
 def eval_image(
@@ -120,8 +140,49 @@ def eval_image(
         _decode_with_helper(mtmd_context, context, chunk, embeddings, n_past, n_batch, on_failure)
         yield PREFILL, n_tokens, time.perf_counter() - began
         return
-    n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
     first = ctypes.cast(embeddings, ctypes.c_void_p).value or 0
+    yield from _decode_embeddings(context, first, n_tokens, n_past, n_batch, on_failure)
+
+
+def eval_reduced_image(
+    mtmd_context: Any, context: Any, chunks: Sequence[Any], count: int, selection: str, n_past: int,
+    n_batch: int, on_failure: Callable[[], None],
+) -> Iterator[Step]:
+    """Encode every view (chunk) of one image with CLIP, keep ``count`` of all their tokens (by
+    ``selection``, see ``token_selection``), then decode the kept embeddings from position ``n_past`` at
+    contiguous positions, ``n_batch`` at a time. Yields a step after each encode, one ``SELECT`` step, and
+    a step per batch.
+
+    Raises:
+        RuntimeBackendError: the encode or a decode failed, or the model needs another position scheme.
+    """
+    if mtmd.mtmd_decode_use_mrope(mtmd_context) or mtmd.mtmd_decode_use_non_causal(mtmd_context, chunks[0]):
+        raise RuntimeBackendError("This model places image tokens in a way image token budgets do not "
+                                  "support; caption without image_tokens.")
+    n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
+    views = []
+    for chunk in chunks:
+        began = time.perf_counter()
+        if mtmd.mtmd_encode_chunk(mtmd_context, chunk) != 0:
+            raise RuntimeBackendError("libmtmd failed to encode the image.")
+        n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+        output = ctypes.cast(mtmd.mtmd_get_output_embd(mtmd_context), ctypes.POINTER(ctypes.c_float))
+        views.append(np.ctypeslib.as_array(output, shape=(n_tokens, n_embd)).copy())  # the next encode reuses it
+        yield ENCODE, 1, time.perf_counter() - began
+    began = time.perf_counter()
+    reduced = reduce_views(views, count, selection)
+    del views
+    yield SELECT, 0, time.perf_counter() - began
+    kept = reduced.embeddings  # alive while the batches point into it
+    yield from _decode_embeddings(context, kept.ctypes.data, len(kept), n_past, n_batch, on_failure)
+
+
+def _decode_embeddings(
+    context: Any, first: int, n_tokens: int, n_past: int, n_batch: int, on_failure: Callable[[], None],
+) -> Iterator[Step]:
+    """Decode ``n_tokens`` float32 embeddings at address ``first`` from position ``n_past``, ``n_batch`` at a
+    time (no logits), a step per batch."""
+    n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
     batch = _EmbeddingBatch(min(n_batch, n_tokens))
     for offset in range(0, n_tokens, n_batch):
         count = min(n_batch, n_tokens - offset)

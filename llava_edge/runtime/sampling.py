@@ -29,7 +29,8 @@ def token_piece(vocab: Any, token: int) -> bytes:
 
 
 def sampler_chain(options: GenerationOptions, vocab: Any = None) -> Any:
-    """Greedy at temperature 0; else top-k, top-p, temperature and a seeded draw. The caller frees it.
+    """Greedy at temperature 0; else top-k, top-p, temperature and a seeded draw (``_samplers``). The caller
+    frees it.
 
     With ``options.grammar`` the grammar sampler comes first (on ``vocab``): it rules out every token the
     grammar does not allow, so greedy and sampled decoding alike pick only among allowed ones, and the end of
@@ -45,15 +46,34 @@ def sampler_chain(options: GenerationOptions, vocab: Any = None) -> Any:
         except BaseException:
             llama_cpp.llama_sampler_free(chain)
             raise
-    if options.temperature <= 0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(options.top_k))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(options.top_p, 1))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(options.temperature))
-    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+    for sampler in _samplers(options, vocab):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
     return chain
+
+
+def _samplers(options: GenerationOptions, vocab: Any) -> list[Any]:
+    """The chain after the grammar, in llama.cpp's own order (``common_sampler``): penalties, top-k, typical,
+    top-p, min-p, temperature, draw. A sampler at its neutral value is left out, so the default chain is
+    unchanged; at temperature 0 only the penalties precede the greedy pick."""
+    samplers = []
+    penalised = options.repeat_penalty != 1.0 or options.presence_penalty or options.frequency_penalty
+    if penalised and options.repeat_last_n != 0:
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))  # this llama.cpp's signature still takes it
+        samplers.append(llama_cpp.llama_sampler_init_penalties(
+            n_vocab, options.repeat_last_n, options.repeat_penalty, options.frequency_penalty,
+            options.presence_penalty))
+    if options.temperature <= 0:
+        return [*samplers, llama_cpp.llama_sampler_init_greedy()]
+    seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed
+    samplers.append(llama_cpp.llama_sampler_init_top_k(options.top_k))
+    if options.typical_p < 1.0:
+        samplers.append(llama_cpp.llama_sampler_init_typical(options.typical_p, 1))
+    samplers.append(llama_cpp.llama_sampler_init_top_p(options.top_p, 1))
+    if options.min_p > 0.0:
+        samplers.append(llama_cpp.llama_sampler_init_min_p(options.min_p, 1))
+    samplers.append(llama_cpp.llama_sampler_init_temp(options.temperature))
+    samplers.append(llama_cpp.llama_sampler_init_dist(seed))
+    return samplers
 
 
 class TokenSampler:

@@ -23,6 +23,7 @@ from llava_edge.generation import image_tokens, prompt_tokens
 from llava_edge.runtime.backend import raise_if_interrupted
 from llava_edge.runtime.engine import LlavaRuntime
 from llava_edge.runtime.image_eval import fill_batch
+from llava_edge.token_budget import TokenBudget
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class CaptionScore:
 
 def score_caption(
     runtime: LlavaRuntime, image: Image.Image, prompt: str, caption: str | Sequence[int], *,
-    max_tokens: int | None = None,
+    max_tokens: int | None = None, budget: TokenBudget | None = None,
 ) -> CaptionScore:
     """Teacher-force ``caption`` after ``image`` (RGB, already prepared for its detail) and ``prompt``.
 
@@ -51,6 +52,7 @@ def score_caption(
         image, prompt: as for ``LlavaRuntime.generate``.
         caption: the text (tokenized with the model's tokenizer) or its tokens.
         max_tokens: score at most this many caption tokens (the first ones).
+        budget: image token budget, as for ``LlavaRuntime.stream``.
 
     Returns:
         The caption's tokens and the raw logits at each of their positions.
@@ -64,7 +66,8 @@ def score_caption(
     if not tokens:
         raise ValueError("the caption to score has no tokens")
     started = time.perf_counter()
-    with runtime.evaluated_prompt(image, prompt, reserve=len(tokens), reserved_for="the caption to score") as held:
+    with runtime.evaluated_prompt(image, prompt, reserve=len(tokens), reserved_for="the caption to score",
+                                 budget=budget) as held:
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(held.vocab))
         rows = [_logits_row(held.context, -1, n_vocab)]
         rows += _teacher_rows(held.context, tokens[:-1], held.n_past, runtime.options.n_batch, n_vocab)

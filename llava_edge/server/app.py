@@ -38,29 +38,23 @@ except ImportError as err:  # pragma: no cover - exercised without the extra ins
 from llava_edge._version import __version__
 from llava_edge.errors import (
     AuthenticationError,
-    ConflictTaskUUIDError,
-    ImageStoreError,
     InvalidImageError,
     InvalidRequestError,
     LlavaEdgeError,
-    ModelNotCachedError,
-    PayloadTooLargeError,
-    RuntimeBackendError,
-    ServerBusyError,
-    TaskNotFoundError,
-    TooManyAttemptsError,
-    UnknownModelError,
 )
 from llava_edge.schema import is_uuid4, task_identity
 from llava_edge.server.auth import bearer_key
+from llava_edge.server.bodies import check_size, read_up_to, too_large
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.guard import RequestGuard
 from llava_edge.server.ollama_api import add_ollama_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.page import add_page_routes
+from llava_edge.server.responses_api import add_responses_routes
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
+from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
@@ -68,30 +62,9 @@ if TYPE_CHECKING:
     from llava_edge.api import Captioner
 
 _log = logging.getLogger("llava_edge.server.app")
-_STATUS: dict[type[BaseException], int] = {
-    TooManyAttemptsError: 429,
-    AuthenticationError: 401,
-    TaskNotFoundError: 404,
-    ConflictTaskUUIDError: 409,
-    PayloadTooLargeError: 413,
-    InvalidRequestError: 400,
-    UnknownModelError: 400,
-    ModelNotCachedError: 503,
-    ServerBusyError: 503,
-    ImageStoreError: 507,
-    RuntimeBackendError: 500,
-}
 UNAUTHENTICATED_WS_S = 10.0
 """Seconds a WebSocket gets to authenticate before it is closed."""
 _IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
-
-
-def status_for(error: BaseException) -> int:
-    """The HTTP status of an error, by the nearest class in its MRO that has one (default 500)."""
-    for cls in type(error).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
 
 
 def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
@@ -112,6 +85,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     _add_websocket(app, service)
     _add_resources(app, service)
     add_openai_routes(app, service)
+    add_responses_routes(app, service)
     add_page_routes(app, service)  # before Ollama's: browsers get the page at /, other clients Ollama's line
     add_ollama_routes(app, service)
     return app
@@ -186,29 +160,16 @@ async def _read_authenticated_body(request: Request, service: TaskService) -> by
     is checked before any byte; else the first task of at most ``preauth_body_bytes`` must authenticate."""
     settings, client = service.settings, _client(request)
     if request.headers.get("content-length", "").isdigit():
-        _check_size(int(request.headers["content-length"]), settings.max_body_bytes)
+        check_size(int(request.headers["content-length"]), settings.max_body_bytes)
     chunks = request.stream().__aiter__()
     key = bearer_key(request.headers.get("authorization", ""))
     if settings.api_key is None or key is not None:
         service.auth.verify(client, key)
-        return await _read_up_to(chunks, b"", settings.max_body_bytes, limit_is_error=True)
-    prefix = await _read_up_to(chunks, b"", settings.preauth_body_bytes, limit_is_error=False)
+        return await read_up_to(chunks, b"", settings.max_body_bytes, limit_is_error=True)
+    prefix = await read_up_to(chunks, b"", settings.preauth_body_bytes, limit_is_error=False)
     first = first_task(prefix)
     service.auth.verify(client, first.get("apiKey") if task_identity(first)[0] == AUTH_TASK_TYPE else None)
-    return await _read_up_to(chunks, prefix, settings.max_body_bytes, limit_is_error=True)
-
-
-async def _read_up_to(chunks: AsyncIterator[bytes], start: bytes, cap: int, *, limit_is_error: bool) -> bytes:
-    """Read on from ``start`` until the body ends or ``cap`` bytes are in hand (an error if ``limit_is_error``)."""
-    body = bytearray(start)
-    while len(body) < cap or limit_is_error:
-        try:
-            body += await chunks.__anext__()
-        except StopAsyncIteration:
-            break
-        if limit_is_error:
-            _check_size(len(body), cap)
-    return bytes(body)
+    return await read_up_to(chunks, prefix, settings.max_body_bytes, limit_is_error=True)
 
 
 def first_task(prefix: bytes) -> Any:
@@ -223,18 +184,6 @@ def first_task(prefix: bytes) -> Any:
         return decoder.raw_decode(text, index)[0]
     except (ValueError, RecursionError):
         return None
-
-
-def _check_size(size: int, cap: int) -> None:
-    if size > cap:
-        raise _too_large(size, cap)
-
-
-def _too_large(size: int, cap: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"The request is at least {size} bytes; the limit is {cap}. Send smaller images (or one task per request).",
-        parameter="body",
-    )
 
 
 def _without_auth_task(tasks: list[Any]) -> list[Any]:
@@ -252,7 +201,7 @@ def _envelope(outcomes: list[Outcome]) -> Response:
     if failures:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
-    headers = {"Retry-After": "2" if status == 503 else "60"} if status in (429, 503) else None
+    headers = retry_headers(status)
     # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
     return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
@@ -265,7 +214,7 @@ def parse_task_array(body: bytes | str, settings: ServerSettings) -> list[Any]:
         PayloadTooLargeError: over the size cap.
     """
     if len(body) > settings.max_body_bytes:
-        raise _too_large(len(body), settings.max_body_bytes)
+        raise too_large(len(body), settings.max_body_bytes)
     try:
         tasks = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:

@@ -1,27 +1,19 @@
-"""Conversations as the OpenAI and Ollama APIs send them, turned into one caption call: the image, the
-prompt text after it in the model's template, and the generation options.
-
-Chat clients resend the whole history each turn, images included. The image always opens the prompt
-(``[INST] <image>\\n...``), so every turn about the same image shares the evaluated image prefix, which the
-runtime keeps: a follow-up question does not encode the image again. Earlier turns follow as text in
-Mistral's instruction format; a system message opens the first user turn (Mistral has no system role).
+"""What the chat APIs (OpenAI, Responses, Ollama) share besides the conversation itself: which model a request
+names (the resident one, another installed one to swap in, or an unknown one), the installed models' names,
+authentication, and reading a JSON body.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from llava_edge.errors import (
-    AuthenticationError,
     InvalidRequestError,
     LlavaEdgeError,
-    ServerBusyError,
-    TooManyAttemptsError,
     UnknownModelError,
 )
 from llava_edge.models.catalog import ModelFiles, load_registry
@@ -37,105 +29,6 @@ T = TypeVar("T")
 OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
                       "llava:7b-v1.6-mistral")
 """Names Ollama users type for this model; all mean the loaded variant."""
-MAX_CONVERSATION_IMAGES = 8
-"""Different images one conversation may show: each takes 576 to 2,880 tokens of the context, so more
-cannot fit the default n_ctx anyway; the bound stops a request naming hundreds of URLs before any is read."""
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One message: ``role`` is "system", "user" or "assistant"; ``images`` are data URIs or URLs."""
-
-    role: str
-    text: str
-    images: tuple[str, ...] = ()
-
-
-def conversation_images(turns: list[Turn]) -> tuple[str, ...]:
-    """The different images of a conversation, in the order they first appear (chat clients resend each
-    image with the history: a resent image counts once).
-
-    Raises:
-        InvalidRequestError: no image, or more than ``MAX_CONVERSATION_IMAGES``.
-    """
-    images = tuple(dict.fromkeys(image for turn in turns for image in turn.images))
-    if not images:
-        raise InvalidRequestError(
-            "This model captions images: attach one (an image_url part, or images in an Ollama message).",
-            code="missingImage", parameter="messages",
-        )
-    if len(images) > MAX_CONVERSATION_IMAGES:
-        raise InvalidRequestError(
-            f"The conversation holds {len(images)} different images; at most {MAX_CONVERSATION_IMAGES} fit one "
-            "context. Start a new conversation for the next images.",
-            code="tooManyImages", parameter="messages",
-        )
-    return images
-
-
-def conversation_prompt(turns: list[Turn]) -> tuple[str, ...]:
-    """The text after each image of ``conversation_images``: earlier turns in Mistral's format, ending with
-    the last user message (the template closes it with ``[/INST]``). The first image opens the prompt (the
-    template puts it there); a later image goes at the start of the user turn that first shows it, so text
-    ``i`` is everything between image ``i`` and the next one.
-
-    Raises:
-        InvalidRequestError: no user message last, or an unknown role.
-    """
-    system = "\n".join(turn.text for turn in turns if turn.role == "system" and turn.text)
-    dialogue = [turn for turn in turns if turn.role != "system"]
-    for turn in dialogue:
-        if turn.role not in ("user", "assistant"):
-            raise InvalidRequestError(f"Unknown message role {turn.role[:40]!r}; use system, user or assistant.",
-                                      code="invalidRole", parameter="messages")
-    if not dialogue or dialogue[-1].role != "user":
-        raise InvalidRequestError("The last message must be the user's question.", code="invalidMessages",
-                                  parameter="messages")
-    texts, seen = [f"{system}\n\n" if system else ""], set(conversation_images(turns)[:1])
-    for index, turn in enumerate(dialogue):
-        if turn.role == "assistant":
-            texts[-1] += f" [/INST] {turn.text.strip()}</s>"
-            continue
-        texts[-1] += "[INST] " if index else ""
-        for image in turn.images:
-            if image not in seen:
-                seen.add(image)
-                texts.append("\n")
-        texts[-1] += turn.text.strip()
-    return tuple(texts)
-
-
-def error_status(error: LlavaEdgeError) -> int:
-    """The HTTP status both chat APIs give an error."""
-    for cls, status in ((TooManyAttemptsError, 429), (AuthenticationError, 401), (UnknownModelError, 404),
-                        (ServerBusyError, 503), (InvalidRequestError, 400)):
-        if isinstance(error, cls):
-            return status
-    return 500
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object (an empty body is ``{}``).
-
-    Raises:
-        InvalidRequestError: not JSON, nested too deep, or not an object.
-    """
-    try:
-        value = json.loads(body or b"{}")
-    except (ValueError, RecursionError) as err:
-        raise InvalidRequestError("The body is not valid JSON.", code="invalidJson", parameter="body") from err
-    if not isinstance(value, dict):
-        raise InvalidRequestError("The body must be a JSON object.", code="invalidJson", parameter="body")
-    return value
-
-
-def parse_stop(value: object, *, limit: int) -> tuple[str, ...]:
-    """Stop strings given as one string or a list of at most ``limit`` non-empty strings."""
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or len(stops) > limit or not all(isinstance(s, str) and s for s in stops):
-        raise InvalidRequestError(f"stop must be a string or up to {limit} strings.", code="invalidStop",
-                                  parameter="stop")
-    return tuple(stops)
 
 
 @functools.lru_cache(maxsize=8)
@@ -257,18 +150,3 @@ async def first_and_rest(events: AsyncIterator[T]) -> tuple[T, AsyncIterator[T]]
             yield item
 
     return first, replay()
-
-
-def parse_number(value: object, name: str, low: float, high: float, *, integer: bool,
-                 label: str | None = None) -> Any:
-    """A number (an integer when ``integer``) from ``low`` to ``high``; ``label`` names it in the message.
-
-    Raises:
-        InvalidRequestError: of another type or out of range (``parameter`` is ``name``).
-    """
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise InvalidRequestError(f"{label or name} must be {kind} from {low} to {high}.", code="invalid_value",
-                                  parameter=name)
-    return value

@@ -9,11 +9,11 @@ routes read the body as JSON whatever its declared type; the Origin and Host che
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,32 +24,27 @@ from llava_edge._version import __version__
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import TextDelta
 from llava_edge.generation import GenerationOptions
-from llava_edge.schema import MAX_TOKENS_LIMIT
+from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import (
-    Turn,
     authenticate_request,
     check_model,
-    conversation_images,
-    conversation_prompt,
-    error_status,
     first_and_rest,
     installed_files,
     installed_model_ids,
-    parse_json_object,
-    parse_number,
-    parse_stop,
     quantization_of,
     resident_names,
 )
+from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt
+from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
+from llava_edge.server.sampling_fields import OLLAMA_SAMPLERS, generation_options
+from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
 OLLAMA_COMPATIBLE_VERSION = "0.12.0"
 """Reported by ``/api/version``: the Ollama API level these routes follow (clients gate features on it)."""
-_OPTION_FIELDS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-                  "seed": "seed", "stop": "stop", "num_ctx": None}
 
 
 def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
@@ -67,7 +62,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
     async def show(request: Request) -> Response:
         try:
             authenticate_request(request, service)
-            body = parse_json_object(await request.body())
+            body = await read_json_object(request, service.settings.max_body_bytes)
             requested = check_model(body.get("model", body.get("name")), service)
         except LlavaEdgeError as err:
             return ollama_error(err)
@@ -98,26 +93,19 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
 
 def ollama_error(error: LlavaEdgeError) -> JSONResponse:
     """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
-    status = error_status(error)
+    status = status_for(error, "ollama")
     return JSONResponse({"error": error.message}, status_code=status,
-                        headers={"Retry-After": "2"} if status in (429, 503) else None)
+                        headers=retry_headers(status))
 
 
 async def _answer(request: Request, service: TaskService, *, chat: bool) -> Response:
     started = time.perf_counter()
     try:
         authenticate_request(request, service)
-        body = parse_json_object(await request.body())
-        requested = check_model(body.get("model"), service)
-        model = requested.name
-        _refuse_unsupported(body)
-        turns = _chat_turns(body) if chat else _generate_turns(body)
-        options = _options(body.get("options"), service)
-        stream = body.get("stream", True)
-        if not isinstance(stream, bool):
-            raise InvalidRequestError("stream must be true or false.", parameter="stream")
-        call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                        model=requested.swap, structure=ollama_structure(body))
+        body = await read_json_object(request, service.settings.max_body_bytes)
+        model, call, stream = await asyncio.to_thread(_ollama_call, body, service, chat, request.url.path)
+        if call is None:
+            return _loaded(model, chat, stream)
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
@@ -131,34 +119,58 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
     return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started))
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for name in ("context", "tools", "suffix"):
-        if body.get(name):
-            raise InvalidRequestError(f"{name} is not supported by this server.", parameter=name)
-    if body.get("raw"):
-        raise InvalidRequestError("raw prompts are not supported: the model's template is always applied.",
-                                  parameter="raw")
+def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
+                 where: str) -> tuple[str, ChatCall | None, bool]:
+    """(model name to echo, the call or None for a load-only request, stream) of a generate or chat request;
+    read off the event loop (a ``format`` schema's grammar is built here)."""
+    requested = check_model(body.get("model"), service)
+    check_fields(body, OLLAMA, where=where)
+    turns = _chat_turns(body) if chat else _generate_turns(body)
+    options = _options(body.get("options"), service, where=where)
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("stream must be true or false.", parameter="stream")
+    if not turns:
+        return requested.name, None, stream
+    call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
+                    model=requested.swap, structure=ollama_structure(body))
+    return requested.name, call, stream
+
+
+def _loaded(model: str, chat: bool, stream: bool) -> Response:
+    """The answer to a request with no prompt and no messages: Ollama only loads the model then (the model
+    is resident already)."""
+    answer: dict[str, Any] = {"model": model, "created_at": _now(), "done": True, "done_reason": "load"}
+    answer.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+    if stream:
+        return Response(json.dumps(answer) + "\n", media_type="application/x-ndjson")
+    return JSONResponse(answer)
 
 
 def _generate_turns(body: dict[str, Any]) -> list[Turn]:
-    prompt, system, images = body.get("prompt", ""), body.get("system"), body.get("images") or []
+    """The turns of an ``/api/generate`` request: none when it has no prompt and no image (load only)."""
+    prompt, system, images = body.get("prompt") or "", body.get("system"), body.get("images") or []
     if not isinstance(prompt, str) or (system is not None and not isinstance(system, str)):
         raise InvalidRequestError("prompt and system must be strings.", parameter="prompt")
+    if not prompt and not images:
+        return []
     turns = [Turn("system", system)] if system else []
     return [*turns, Turn("user", prompt, _images(images))]
 
 
 def _chat_turns(body: dict[str, Any]) -> list[Turn]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("messages must be a non-empty array.", parameter="messages")
+    """The turns of an ``/api/chat`` request: none when ``messages`` is absent or empty (load only)."""
+    messages = body.get("messages") or []
+    if not isinstance(messages, list):
+        raise InvalidRequestError("messages must be an array.", parameter="messages")
+    check_message_count(len(messages))
     turns = []
     for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+        content = message.get("content") or "" if isinstance(message, dict) else None
+        if not isinstance(content, str):
             raise InvalidRequestError("Each message must be {\"role\", \"content\", \"images\"}.",
                                       parameter="messages")
-        turns.append(Turn(str(message.get("role")), message.get("content", ""),
-                          _images(message.get("images") or [])))
+        turns.append(Turn(str(message.get("role")), content, _images(message.get("images") or [])))
     return turns
 
 
@@ -168,42 +180,16 @@ def _images(images: object) -> tuple[str, ...]:
     return tuple(image.strip() for image in images)
 
 
-def _options(options: object, service: TaskService) -> GenerationOptions:
+def _options(options: object, service: TaskService, *, where: str) -> GenerationOptions:
+    """The generation options of a request's ``options`` (every documented key is decided; hints such as
+    ``num_ctx`` are accepted: the loaded context serves, and a request that does not fit it is refused
+    with the numbers)."""
     options = options or {}
     if not isinstance(options, dict):
         raise InvalidRequestError("options must be an object.", parameter="options")
-    changes: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in _OPTION_FIELDS:
-            raise InvalidRequestError(f"Option {name[:40]!r} is not supported; use "
-                                      f"{', '.join(_OPTION_FIELDS)}.", parameter=name)
-        if value is None:
-            continue
-        if name == "num_ctx":
-            _check_num_ctx(value, service)
-        elif name == "stop":
-            changes["stop"] = parse_stop(value, limit=16)
-        else:
-            changes[_OPTION_FIELDS[name] or name] = _option_number(name, value)
-    return replace(service.captioner.generation, **changes)
-
-
-def _option_number(name: str, value: object) -> Any:
-    ranges = {"num_predict": (1, MAX_TOKENS_LIMIT), "temperature": (0, 2), "top_p": (0, 1), "top_k": (1, 1000),
-              "seed": (0, 2**32 - 1)}
-    low, high = ranges[name]
-    integer = name in ("num_predict", "top_k", "seed")
-    return parse_number(value, name, low, high, integer=integer, label=f"options.{name}")
-
-
-def _check_num_ctx(value: object, service: TaskService) -> None:
-    loaded = service.captioner.runtime.n_ctx
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError("options.num_ctx must be a positive integer.", parameter="num_ctx")
-    if value > loaded:
-        raise InvalidRequestError(f"options.num_ctx {value} is more than the loaded context of {loaded} tokens; "
-                                  "restart the server with a larger --n-ctx, or ask for less.",
-                                  parameter="num_ctx")
+    check_fields(options, OLLAMA_OPTIONS, where=f"{where} options", prefix="options.")
+    return generation_options(options, OLLAMA_SAMPLERS, service.captioner.generation, prefix="options.",
+                              stop_limit=16)
 
 
 def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, Any]:

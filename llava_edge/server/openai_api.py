@@ -3,17 +3,18 @@
 Requests become one caption call (``chat.py``) through the same queue and model worker as Runware tasks;
 answers and errors take OpenAI's shapes, so the official ``openai`` client works by changing ``base_url``.
 ``response_format`` (``json_object``, ``json_schema``) constrains the answer to JSON (``response_format.py``).
-Fields that change what a real server would answer (``n`` > 1, tools, penalties, logprobs) are refused with a
-400 rather than ignored; harmless ones (``user``, ``metadata``, ``store``) are ignored as real servers do.
+Every field is decided in ``request_fields``: sampler fields are honoured, hints accepted, and only fields whose
+neglect would change what the answer means (``n`` > 1, a required tool call, logprobs) are refused. A
+conversation without an image is answered as text; ``tools`` are accepted and the answer is text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,32 +22,24 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
-from llava_edge.generation import GenerationOptions
-from llava_edge.schema import DETAIL_LEVELS, MAX_TOKENS_LIMIT
+from llava_edge.schema import DETAIL_LEVELS
+from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import (
-    Turn,
     authenticate_request,
     check_model,
-    conversation_images,
-    conversation_prompt,
-    error_status,
     first_and_rest,
     installed_model_ids,
-    parse_json_object,
-    parse_number,
-    parse_stop,
     resident_names,
 )
+from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
+from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
+from llava_edge.server.sampling_fields import OPENAI_SAMPLERS, generation_options
+from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
 
-_REFUSED_UNLESS_DEFAULT: dict[str, Any] = {
-    "n": 1, "tools": None, "tool_choice": None, "functions": None, "function_call": None, "logprobs": False,
-    "top_logprobs": None, "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None, "audio": None,
-    "prediction": None,
-}
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                  429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
 
@@ -57,8 +50,8 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
     async def chat_completions(request: Request) -> Response:
         try:
             authenticate_request(request, service)
-            body = parse_json_object(await request.body())
-            call, model, stream = _chat_call(body, service)
+            body = await read_json_object(request, service.settings.max_body_bytes)
+            call, model, stream = await asyncio.to_thread(_chat_call, body, service)
         except LlavaEdgeError as err:
             return openai_error(err)
         if stream:
@@ -96,22 +89,23 @@ def _model_list(service: TaskService) -> list[dict[str, Any]]:
 
 def openai_error(error: LlavaEdgeError) -> JSONResponse:
     """An error in OpenAI's shape and status."""
-    status = error_status(error)
-    headers = {"Retry-After": "2"} if status in (429, 503) else None
+    status = status_for(error, "openai")
+    headers = retry_headers(status)
     return JSONResponse(openai_error_body(error), status_code=status, headers=headers)
 
 
 def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": error.message, "type": _STATUS_TYPES.get(error_status(error), "invalid_request_error"),
+    kind = _STATUS_TYPES.get(status_for(error, "openai"), "invalid_request_error")
+    return {"error": {"message": error.message, "type": kind,
                       "param": error.parameter, "code": error.code}}
 
 
 def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:
     requested = check_model(body.get("model"), service)
-    _refuse_unsupported(body)
+    check_fields(body, OPENAI_CHAT, where="/v1/chat/completions")
     turns, detail = _turns(body.get("messages"))
-    options = _options(body, service.captioner.generation)
+    options = generation_options(body, OPENAI_SAMPLERS, service.captioner.generation)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
@@ -120,23 +114,18 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     return call, requested.name, stream
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for name, default in _REFUSED_UNLESS_DEFAULT.items():
-        if name in body and body[name] not in (default, None):
-            raise InvalidRequestError(f"{name}={json.dumps(body[name])[:60]} is not supported by this server.",
-                                      code="unsupported_parameter", parameter=name)
-
-
 def _turns(messages: object) -> tuple[list[Turn], str]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty array.", code="invalid_messages",
                                   parameter="messages")
+    check_message_count(len(messages))
     turns, details = [], []
     for message in messages:
         if not isinstance(message, dict):
             raise InvalidRequestError("Each message must be an object.", code="invalid_messages",
                                       parameter="messages")
-        role = {"developer": "system"}.get(str(message.get("role")), str(message.get("role")))
+        role = str(message.get("role"))
+        role = {"developer": "system", "function": "tool"}.get(role, role)
         text, images, detail = _content(message.get("content"))
         turns.append(Turn(role, text, images))
         details += detail
@@ -153,14 +142,14 @@ def _content(content: object) -> tuple[str, tuple[str, ...], list[str]]:
     texts, images, details = [], [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
+        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            texts.append(part[kind])
         elif kind == "image_url":
             url, detail = _image_url(part.get("image_url"))
             images.append(url)
             details.append(detail)
         else:
-            raise InvalidRequestError(f"Unsupported content part {json.dumps(part)[:80]}; send text and "
+            raise InvalidRequestError(f"Unsupported content part {quoted(kind if kind else part)}; send text and "
                                       "image_url parts.", code="invalid_content", parameter="messages")
     return "\n".join(texts), tuple(images), details
 
@@ -178,20 +167,6 @@ def _image_url(value: object) -> tuple[str, str]:
     return value["url"], detail
 
 
-def _options(body: dict[str, Any], defaults: GenerationOptions) -> GenerationOptions:
-    changes: dict[str, Any] = {}
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        changes["max_tokens"] = parse_number(limit, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
-    for name, field, low, high in (("temperature", "temperature", 0, 2), ("top_p", "top_p", 0, 1),
-                                   ("seed", "seed", 0, 2**32 - 1)):
-        if body.get(name) is not None:
-            changes[field] = parse_number(body[name], name, low, high, integer=name == "seed")
-    if body.get("stop") is not None:
-        changes["stop"] = parse_stop(body["stop"], limit=4)
-    return replace(defaults, **changes)
-
-
 def _completion(model: str, result: Any) -> dict[str, Any]:
     timings = result.timings
     return {
@@ -200,7 +175,8 @@ def _completion(model: str, result: Any) -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                      "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": timings.prompt_tokens, "completion_tokens": timings.generated_tokens,
-                  "total_tokens": timings.prompt_tokens + timings.generated_tokens},
+                  "total_tokens": timings.prompt_tokens + timings.generated_tokens,
+                  "prompt_tokens_details": {"cached_tokens": timings.cached_tokens}},
     }
 
 

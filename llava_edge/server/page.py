@@ -31,7 +31,8 @@ from llava_edge.photos.caption_text import parse_keywords
 from llava_edge.photos.pixels import pixel_hash
 from llava_edge.photos.writer import caption_packet
 from llava_edge.photos.xmp_packet import Marker
-from llava_edge.server.chat import authenticate_request, parse_json_object
+from llava_edge.server.bodies import read_json_object
+from llava_edge.server.chat import authenticate_request
 from llava_edge.server.openai_api import openai_error
 
 if TYPE_CHECKING:
@@ -116,8 +117,7 @@ def add_page_routes(app: FastAPI, service: TaskService) -> None:
     async def xmp(request: Request) -> Response:
         try:
             authenticate_request(request, service)
-            _check_length(request, service.settings.max_body_bytes)
-            fields = parse_json_object(await request.body())
+            fields = await read_json_object(request, service.settings.max_body_bytes)
             packet = await asyncio.to_thread(sidecar_for, fields, service)
         except LlavaEdgeError as err:
             return openai_error(err)
@@ -156,10 +156,3 @@ def _text(fields: dict[str, Any], name: str) -> str:
         raise InvalidRequestError(f"{name} must be a string of at most {_MAX_TEXT_CHARS} characters.",
                                   code="invalid_type", parameter=name)
     return value
-
-
-def _check_length(request: Request, limit: int) -> None:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise InvalidRequestError(f"The request is {length} bytes; the limit is {limit}.", code="too_large",
-                                  parameter="body")

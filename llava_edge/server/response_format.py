@@ -4,11 +4,11 @@ reaches the model worker."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llava_edge.api import structured_output
 from llava_edge.errors import SchemaError
+from llava_edge.server.conversation import quoted
 from llava_edge.structured import StructuredOutput
 
 _OPENAI_SHAPES = ('{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", '
@@ -38,8 +38,28 @@ def openai_structure(response_format: object) -> StructuredOutput | None:
             raise SchemaError('response_format.json_schema must be {"name", "schema": {...}, "strict"}.',
                               code="invalid_response_format", parameter="response_format")
         return structured_output(spec["schema"], parameter="response_format")
-    raise SchemaError(f"response_format {json.dumps(response_format)[:80]} is not supported; send "
+    raise SchemaError(f"response_format {quoted(response_format)} is not supported; send "
                       f"{_OPENAI_SHAPES}.", code="invalid_response_format", parameter="response_format")
+
+
+def responses_structure(text_format: object) -> StructuredOutput | None:
+    """The structure a Responses API ``text.format`` asks for: ``{"type": "text"}``, ``{"type": "json_object"}``
+    or ``{"type": "json_schema", "name", "schema", "strict"}`` (the schema sits beside the type, not inside a
+    ``json_schema`` object as in Chat Completions).
+
+    Raises:
+        SchemaError: another shape, or a schema that is refused (parameter ``text.format``).
+    """
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        if not isinstance(text_format.get("schema"), dict):
+            raise SchemaError('text.format must be {"type": "json_schema", "name", "schema": {...}, "strict"}.',
+                              code="invalid_response_format", parameter="text.format")
+        return structured_output(text_format["schema"], parameter="text.format")
+    if text_format is None or (isinstance(text_format, dict) and text_format.get("type") in ("text", "json_object")):
+        return openai_structure(text_format)
+    raise SchemaError(f"text.format {quoted(text_format)} is not supported; send {{\"type\": \"text\"}}, "
+                      '{"type": "json_object"} or {"type": "json_schema", "name", "schema", "strict"}.',
+                      code="invalid_response_format", parameter="text.format")
 
 
 def ollama_structure(body: dict[str, Any]) -> StructuredOutput | None:
@@ -55,5 +75,5 @@ def ollama_structure(body: dict[str, Any]) -> StructuredOutput | None:
         return structured_output("json", parameter="format")
     if isinstance(value, dict):
         return structured_output(value, parameter="format")
-    raise SchemaError(f"format {json.dumps(value)[:60]} is not supported; send \"json\" or a JSON Schema object.",
+    raise SchemaError(f"format {quoted(value)} is not supported; send \"json\" or a JSON Schema object.",
                       parameter="format")

@@ -249,7 +249,8 @@ class TaskService:
     async def chat(self, call: ChatCall, *, base_url: str) -> Outcome:
         """Caption for the OpenAI or Ollama API through the same queue, image reading and model worker as
         Runware tasks. The outcome's ``result`` is the ``CaptionResult``; errors come as a failed outcome."""
-        request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="", image=call.images[0])
+        request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="",
+                                 image=call.images[0] if call.images else "")
         try:
             job = self._admit({}, request, chat=call)
         except LlavaEdgeError as err:

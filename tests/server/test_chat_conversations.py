@@ -14,7 +14,7 @@ from support.images import data_uri, encode_image
 from support.servers import LiveServer
 
 from llava_edge import Captioner, GenerationOptions
-from llava_edge.server.chat import MAX_CONVERSATION_IMAGES, Turn, conversation_images, conversation_prompt
+from llava_edge.server.conversation import MAX_CONVERSATION_IMAGES, Turn, conversation_images, conversation_prompt
 
 GREEDY = GenerationOptions(max_tokens=6, temperature=0.0)
 

@@ -82,8 +82,8 @@ def test_errors_are_ollama_s(serve: Callable[..., LiveServer], png: bytes) -> No
                         stream=False)
     assert structured.value.status_code == 400 and "format" in structured.value.error
     too_big = httpx.post(f"{server.http}/api/generate", json={"model": "llava", "prompt": "hi", "images": [b64(png)],
-                                                              "options": {"num_ctx": 1 << 20}, "stream": False})
-    assert too_big.status_code == 400 and "num_ctx" in too_big.json()["error"]
+                                                              "options": {"num_predict": 4096}, "stream": False})
+    assert too_big.status_code == 400 and "more than n_ctx 4096" in too_big.json()["error"]
 
 
 def test_curl_style_form_bodies_are_read_as_json(serve: Callable[..., LiveServer], png: bytes) -> None:

@@ -73,6 +73,11 @@ def test_models_are_listed(serve: Callable[..., LiveServer]) -> None:
     assert names[0] == server.service.captioner.model_name and "llava" in names
 
 
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                                 "parameters": {"type": "object",
+                                                                "properties": {"city": {"type": "string"}}}}}
+
+
 def test_errors_take_openai_s_shape_and_statuses(serve: Callable[..., LiveServer], png: str) -> None:
     server = serve(api_key=KEY)
     client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0)
@@ -80,13 +85,16 @@ def test_errors_take_openai_s_shape_and_statuses(serve: Callable[..., LiveServer
         openai.OpenAI(base_url=f"{server.http}/v1", api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.NotFoundError, match="not on this machine"):
         client.chat.completions.create(model="gpt-4o", messages=ask(png))  # type: ignore[arg-type]
-    with pytest.raises(openai.BadRequestError, match="n=2"):
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
         client.chat.completions.create(model="llava", messages=ask(png), n=2)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="response_format"):
         client.chat.completions.create(model="llava", messages=ask(png),  # type: ignore[arg-type]
                                        response_format={"type": "grammar"})  # type: ignore[typeddict-item]
-    with pytest.raises(openai.BadRequestError, match="attach one"):
-        client.chat.completions.create(model="llava", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="cannot call tools"):
+        client.chat.completions.create(model="llava", messages=ask(png), tools=[WEATHER_TOOL],  # type: ignore[arg-type]
+                                       tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match="Log probabilities"):
+        client.chat.completions.create(model="llava", messages=ask(png), logprobs=True)  # type: ignore[arg-type]
     raw = httpx.post(f"{server.http}/v1/chat/completions", json={"model": "llava", "messages": ask(png),
                                                                  "max_tokens": 0},
                      headers={"Authorization": f"Bearer {KEY}"})

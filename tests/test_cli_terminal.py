@@ -32,6 +32,7 @@ SLOW_CLI = """
 import atexit, os, signal, sys, time
 import llama_cpp
 import llava_edge.cli as cli
+from llava_edge.command_options import ModelLoad
 
 delay, n_batch = float(os.environ["SLOW_DECODE_S"]), int(os.environ["SLOW_N_BATCH"])
 calls, at_signal = [0], []
@@ -55,9 +56,8 @@ def counted_signal(number, handler):
 
 signal.signal = counted_signal
 atexit.register(lambda: at_signal and sys.stderr.write(f"\\nDECODES AFTER SIGINT {calls[0] - at_signal[0]}\\n"))
-config = cli.captioner_config
-cli.captioner_config = lambda options, **changes: config(options, **{"n_batch": n_batch, "n_ubatch": n_batch,
-                                                                     **changes})
+load = ModelLoad.load
+ModelLoad.load = lambda self: load(self.with_runtime(n_batch=n_batch, n_ubatch=n_batch))
 sys.argv = ["llava-edge", *sys.argv[1:]]
 cli.main()
 """

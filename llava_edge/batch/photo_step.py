@@ -17,13 +17,53 @@ from llava_edge.errors import InvalidRequestError, OutputFileError, StructuredOu
 from llava_edge.generation import GenerationOptions
 from llava_edge.photos import exiv2_io
 from llava_edge.photos.caption_text import IfExists, check_if_exists, parse_keywords
-from llava_edge.photos.targets import Targets, TextOptions
+from llava_edge.photos.targets import Targets, TextOptions, XmpStyle
 from llava_edge.photos.writer import already_described, write_caption
 from llava_edge.photos.xmp_packet import Marker
 from llava_edge.schema import DEFAULT_PROMPT
 
 KEYWORDS_PROMPT = "List keywords for this image, separated by commas."
 """The second question ``keywords`` asks, right after the caption, so the image's evaluated prefix is reused."""
+
+
+@dataclass(frozen=True)
+class PhotoFlags:
+    """The ``caption`` command's photo flags as given, before ``PhotoOptions.from_flags`` checks them."""
+
+    write_metadata: bool = False
+    """``--write-metadata``: each caption into its image (XMP, IPTC, EXIF)."""
+    keywords: bool = False
+    """``--keywords``: also ask for keywords, written as dc:subject and IPTC Keywords."""
+    xmp_sidecar: bool = False
+    """``--xmp-sidecar``: an XMP sidecar beside each image."""
+    xmp_style: XmpStyle | None = None
+    """``--xmp-style``: photo.xmp (adobe, the default) or photo.jpg.xmp (darktable)."""
+    sidecar_ext: str | None = None
+    """``--sidecar-ext``: a text sidecar with this extension (.txt, .caption)."""
+    metadata_jsonl: str | None = None
+    """``--metadata-jsonl``: a Hugging Face imagefolder metadata.jsonl."""
+    kohya_json: str | None = None
+    """``--kohya-json``: a kohya metadata JSON."""
+    prefix: str = ""
+    """``--prefix``: trigger words before dataset captions."""
+    suffix: str = ""
+    """``--suffix``: words after dataset captions."""
+    strip_preamble: bool = False
+    """``--strip-preamble``: drop openers such as "The image shows"."""
+    if_exists: str | None = None
+    """``--if-exists``: skip, overwrite or append to an existing caption; ``None``: skip."""
+    overwrite: bool = False
+    """``--overwrite``: short for ``--if-exists overwrite``."""
+    keep_times: bool = False
+    """``--keep-times``: keep a rewritten image's modification time."""
+    sidecar: bool = False
+    """``--sidecar``: ``.txt`` captions beside the images. With another photo flag the photo step writes them (with
+    its prefix, suffix and if-exists rules); alone, the run's outputs do (``plain_sidecar``)."""
+
+    def plain_sidecar(self, photo: PhotoOptions | None) -> bool:
+        """Whether ``--sidecar``'s files are the run's plain output (``outputs.SidecarWriter``): asked for, and
+        no photo target (``photo``, from these flags) writes text sidecars."""
+        return self.sidecar and (photo is None or photo.targets.text_sidecar is None)
 
 
 @dataclass(frozen=True)
@@ -37,41 +77,38 @@ class PhotoOptions:
     keywords: bool = False
 
     @classmethod
-    def from_flags(cls, flags: dict[str, Any]) -> PhotoOptions | None:
-        """The options from the command's flags (``write_metadata``, ``xmp_sidecar``, ...), or ``None`` when
-        none asks for a photo target.
+    def from_flags(cls, flags: PhotoFlags) -> PhotoOptions | None:
+        """The options from the command's flags, or ``None`` when none asks for a photo target.
 
         Raises:
             InvalidRequestError: ``--overwrite`` with another ``--if-exists``; ``--keywords`` without an XMP target.
         """
-        jsonl, kohya = flags.get("metadata_jsonl"), flags.get("kohya_json")
+        jsonl, kohya = flags.metadata_jsonl, flags.kohya_json
         targets = Targets(
-            metadata=bool(flags.get("write_metadata")), xmp_sidecar=bool(flags.get("xmp_sidecar")),
-            xmp_style=flags.get("xmp_style") or "adobe", text_sidecar=flags.get("sidecar_ext"),
-            metadata_jsonl=Path(jsonl) if jsonl else None, kohya_json=Path(kohya) if kohya else None,
+            metadata=flags.write_metadata, xmp_sidecar=flags.xmp_sidecar, xmp_style=flags.xmp_style or "adobe",
+            text_sidecar=flags.sidecar_ext, metadata_jsonl=Path(jsonl) if jsonl else None,
+            kohya_json=Path(kohya) if kohya else None,
         )
-        shaping = any(flags.get(name) for name in ("prefix", "suffix", "strip_preamble", "if_exists", "overwrite"))
-        if flags.get("sidecar") and targets.text_sidecar is None and (targets.any() or shaping):
+        shaping = any((flags.prefix, flags.suffix, flags.strip_preamble, flags.if_exists, flags.overwrite))
+        if flags.sidecar and targets.text_sidecar is None and (targets.any() or shaping):
             targets = dataclasses.replace(targets, text_sidecar=".txt")  # --sidecar through the same writer
-        if_exists = flags.get("if_exists")
-        if flags.get("overwrite"):
+        if_exists = flags.if_exists
+        if flags.overwrite:
             if if_exists not in (None, "overwrite"):
                 raise InvalidRequestError(f"--overwrite is short for --if-exists overwrite; it contradicts "
                                           f"--if-exists {if_exists}.", parameter="ifExists")
             if_exists = "overwrite"
         if not targets.any():
-            if shaping or flags.get("keywords") or flags.get("keep_times"):
+            if shaping or flags.keywords or flags.keep_times:
                 raise InvalidRequestError("--prefix, --suffix, --strip-preamble, --if-exists, --keywords and "
                                           "--keep-times shape what --write-metadata, --xmp-sidecar, --sidecar(-ext), "
                                           "--metadata-jsonl or --kohya-json write; add one of those.")
             return None
-        if flags.get("keywords") and not targets.xmp:
+        if flags.keywords and not targets.xmp:
             raise InvalidRequestError("--keywords go into XMP: add --write-metadata or --xmp-sidecar.",
                                       parameter="keywords")
-        text = TextOptions(prefix=flags.get("prefix") or "", suffix=flags.get("suffix") or "",
-                           strip_preamble=bool(flags.get("strip_preamble")))
-        return cls(targets, text, check_if_exists(if_exists or "skip"), bool(flags.get("keep_times")),
-                   bool(flags.get("keywords")))
+        text = TextOptions(prefix=flags.prefix, suffix=flags.suffix, strip_preamble=flags.strip_preamble)
+        return cls(targets, text, check_if_exists(if_exists or "skip"), flags.keep_times, flags.keywords)
 
     def check(self, images: list[str]) -> None:
         """Fail before anything is captioned: the ``photos`` extra is missing, or an input is no local file.
@@ -88,7 +125,7 @@ class PhotoOptions:
                                       "download it first.")
 
 
-def photo_options_for(flags: dict[str, Any], images: list[str], *, ray: bool = False) -> PhotoOptions | None:
+def photo_options_for(flags: PhotoFlags, images: list[str], *, ray: bool = False) -> PhotoOptions | None:
     """``PhotoOptions.from_flags``, checked against the run's images (``PhotoOptions.check``).
 
     Raises:

@@ -14,20 +14,15 @@ import os
 import threading
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llava_edge.batch.runner import (
-    BATCH_RUNTIME,
-    BatchRecord,
-    BatchSummary,
-    ImageItem,
-    Sink,
-    caption_many,
-    item_digest,
-    json_text,
-    run_batch,
-)
+from llava_edge.batch.records import BatchRecord, BatchSummary, ImageItem, json_text
+from llava_edge.batch.runner import BATCH_RUNTIME, Sink, caption_many, item_digest, run_batch
+from llava_edge.command_options import ModelLoad
 from llava_edge.errors import LlavaEdgeError, MissingExtraError
+
+if TYPE_CHECKING:
+    from llava_edge.batch.job import CaptionJob
 
 INSTALL_HINT = 'Install it with: pip install "llava-edge[ray]"'
 DEFAULT_BATCH_SIZE = 4
@@ -118,8 +113,8 @@ def caption_dataset(
 
 
 def caption_on_ray(
-    images: list[str], sink: Sink, *, address: str, progress: bool | None = None,
-    stop: threading.Event | None = None, **caption_options: Any,
+    images: list[str], sink: Sink, *, address: str, load: ModelLoad, job: CaptionJob, progress: bool | None = None,
+    stop: threading.Event | None = None,
 ) -> BatchSummary:
     """Caption ``images`` on a Ray cluster; the records come back here and go to ``sink``.
 
@@ -129,8 +124,10 @@ def caption_on_ray(
     Args:
         address: ``"auto"`` (the running cluster), ``"local"`` (start Ray on this machine), or a cluster
             address (``ray://head:10001``, ``head:6379``). Ignored when Ray is already initialised.
+        load: the model each actor loads; with ``device="cuda"`` each actor reserves a GPU.
+        job: the prompt, detail and generation options. Its ``photo`` and ``schema`` are not sent (the
+            ``caption`` command refuses them with ``--ray``).
         progress, stop: as for ``run_batch``.
-        caption_options: for ``caption_dataset`` (``model``, ``prompt``, ``detail``, ``generation``, ...).
     """
     ray = import_ray()
     pending = [image for image in images if not sink.done(image, partial(item_digest, _item(image)))]
@@ -139,7 +136,7 @@ def caption_on_ray(
     if connected_here and pending:
         _connect(ray, address)
     try:
-        summary = _run(ray, pending, sink, caption_options, progress, stop) if pending else BatchSummary()
+        summary = _run(ray, pending, sink, load, job, progress, stop) if pending else BatchSummary()
     finally:
         if connected_here and ray.is_initialized():
             ray.shutdown()
@@ -147,11 +144,15 @@ def caption_on_ray(
     return summary
 
 
-def _run(ray: Any, images: list[str], sink: Sink, options: dict[str, Any], progress: bool | None,
+def _run(ray: Any, images: list[str], sink: Sink, load: ModelLoad, job: CaptionJob, progress: bool | None,
          stop: threading.Event | None) -> BatchSummary:
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [{"path": _item(image).source, "name": image} for image in images]
-    captioned = caption_dataset(ray.data.from_items(rows), **options)
+    captioned = caption_dataset(
+        ray.data.from_items(rows), load.model, gpus_per_actor=1 if load.runtime.device == "cuda" else 0,
+        model_path=load.model_path, mmproj_path=load.mmproj_path, runtime=load.runtime, offline=load.offline,
+        registry=load.registry, prompt=job.prompt, detail=job.detail, generation=job.generation,
+    )
     records = (BatchRecord.from_json(json.loads(row["record"])) for row in captioned.iter_rows())
     return run_batch(records, sink, total=len(images), progress=progress, stop=stop)
 

@@ -1,7 +1,5 @@
-"""Dataset layouts that trainers read captions from.
+"""Dataset layouts that trainers read captions from (text sidecars: ``text_sidecar``).
 
-- Text sidecars: ``<stem>.txt`` (TagGUI, JoyCaption, kohya's taggers) or ``<stem>.caption`` (kohya's
-  ``make_captions.py``) beside the image, UTF-8 with no trailing newline, replaced atomically.
 - Hugging Face ``imagefolder``: ``metadata.jsonl`` in the dataset folder, one ``{"file_name": "a.jpg",
   "text": "..."}`` line per image, ``file_name`` relative to that folder with ``/`` separators. A new image's
   line is appended with one fsynced write; replacing or appending to an existing line rewrites the file
@@ -26,50 +24,6 @@ from llava_edge.errors import OutputFileError
 from llava_edge.photos import files
 from llava_edge.photos.caption_text import Action, IfExists, compose
 from llava_edge.photos.targets import KohyaKey, TextOptions
-
-
-def text_sidecar_path(image: Path, extension: str) -> Path:
-    """``photos/cat.jpg`` + ``.caption`` -> ``photos/cat.caption``."""
-    return image.with_suffix(extension) if image.suffix else image.with_name(image.name + extension)
-
-
-def read_text_sidecar(path: Path) -> str | None:
-    """The caption in a text sidecar, or ``None`` when there is none.
-
-    Raises:
-        OutputFileError: the file is not UTF-8 text.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise OutputFileError(f"{path} is not UTF-8 text, so a caption cannot be merged into it; move it aside and "
-                              "run again.", parameter="sidecarExt") from err
-
-
-def write_text_sidecar(
-    image: Path, caption: str, *, extension: str, text: TextOptions, if_exists: IfExists
-) -> tuple[Path, Action]:
-    """Write the caption to ``image``'s text sidecar with this extension.
-
-    Raises:
-        OutputFileError: the sidecar would be the image itself, or is not UTF-8 text.
-    """
-    path = text_sidecar_path(image, extension)
-    if _same_file(path, image):
-        raise OutputFileError(f"The caption file of {image} would be the image itself ({path}). Rename the image to "
-                              "its real suffix (.png, .jpg, ...).", parameter="sidecarExt")
-    new, action = compose(read_text_sidecar(path), caption, if_exists, prefix=text.prefix, suffix=text.suffix)
-    if new is not None:
-        try:
-            found: os.stat_result | None = os.stat(path)
-        except FileNotFoundError:
-            found = None
-        files.replace_file(path, new.encode("utf-8"), original=found)
-    return path, action
 
 
 def jsonl_file_name(image: Path, jsonl: Path) -> str:
@@ -234,10 +188,3 @@ def _ends_with_newline(path: Path) -> bool:
 
 def _same_name(stored: object, name: str) -> bool:
     return isinstance(stored, str) and posixpath.normpath(stored) == posixpath.normpath(name)
-
-
-def _same_file(first: Path, second: Path) -> bool:
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return False

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError, OutputFileError
-from llava_edge.photos import dataset_files, embedded, exiv2_io
+from llava_edge.photos import dataset_files, embedded, exiv2_io, text_sidecar
 from llava_edge.photos.caption_text import Action, IfExists, alt_text_from, check_if_exists, strip_preamble
 from llava_edge.photos.embedded import TO_SIDECAR, WITH_IIM, ImageFile
 from llava_edge.photos.pixels import pixel_hash
@@ -194,7 +194,7 @@ def _datasets_settled(image: Path, targets: Targets, if_exists: IfExists) -> boo
         return False
     found: list[str | None] = []
     if targets.text_sidecar is not None:
-        found.append(dataset_files.read_text_sidecar(dataset_files.text_sidecar_path(image, targets.text_sidecar)))
+        found.append(text_sidecar.read_text_sidecar(text_sidecar.text_sidecar_path(image, targets.text_sidecar)))
     if targets.metadata_jsonl is not None:
         found.append(dataset_files.read_jsonl_caption(image, targets.metadata_jsonl, targets.jsonl_column))
     if targets.kohya_json is not None:
@@ -209,7 +209,7 @@ def _write_datasets(
     path: Path | None = None
     try:
         if targets.text_sidecar is not None:
-            path, action = dataset_files.write_text_sidecar(image, caption, extension=targets.text_sidecar, text=text,
+            path, action = text_sidecar.write_text_sidecar(image, caption, extension=targets.text_sidecar, text=text,
                                                             if_exists=if_exists)
             results.append(TargetResult("text_sidecar", path, action))
         if targets.metadata_jsonl is not None:

@@ -17,22 +17,11 @@ import pytest
 from support.images import ImageFactory
 
 from llava_edge import Captioner, GenerationOptions, caption_many
-from llava_edge.batch.outputs import (
-    CSV_COLUMNS,
-    CsvWriter,
-    JsonlWriter,
-    SidecarWriter,
-    open_sinks,
-    sidecar_path,
-)
-from llava_edge.batch.runner import (
-    BatchRecord,
-    ImageItem,
-    ImageStage,
-    discover_images,
-    run_batch,
-    task_uuid_for,
-)
+from llava_edge.batch.discovery import discover_images
+from llava_edge.batch.outputs import SidecarWriter, open_sinks, sidecar_path
+from llava_edge.batch.record_files import CSV_COLUMNS, CsvWriter, JsonlWriter
+from llava_edge.batch.records import BatchRecord, ImageItem, task_uuid_for
+from llava_edge.batch.runner import ImageStage, run_batch
 from llava_edge.errors import OutputFileError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.generation import Timings

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from llava_edge import GenerationOptions, caption_many
-from llava_edge.batch.runner import ImageItem
+from llava_edge.batch.records import ImageItem
 
 WARM_UP = 25
 MEASURED = 200

@@ -110,8 +110,8 @@ def test_photo_metadata_takes_the_structured_fields(tmp_path: Path) -> None:
 
 
 def test_a_csv_from_before_the_data_column_is_resumed_without_it(tmp_path: Path) -> None:
-    from llava_edge.batch.outputs import CSV_COLUMNS, CsvWriter
-    from llava_edge.batch.runner import BatchRecord
+    from llava_edge.batch.record_files import CSV_COLUMNS, CsvWriter
+    from llava_edge.batch.records import BatchRecord
 
     out = tmp_path / "old.csv"
     out.write_text(",".join(CSV_COLUMNS[:-1]) + "\n")

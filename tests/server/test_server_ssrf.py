@@ -237,11 +237,12 @@ def test_allow_private_fetch_allows_private_names_and_addresses(
 
 def test_the_cli_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from llava_edge import cli
+    from llava_edge.command_options import ModelLoad
     from llava_edge.server import app
 
     seen: list[ServerSettings] = []
-    monkeypatch.setattr(cli, "load_captioner", lambda options, **changes: type("Stub", (), {"model_name": "stub",
-                                                                                   "close": lambda self: None})())
+    monkeypatch.setattr(ModelLoad, "load", lambda self: type("Stub", (), {"model_name": "stub",
+                                                                         "close": lambda self: None})())
     monkeypatch.setattr(app, "run_server", lambda captioner, settings: seen.append(settings) or True)
     for arguments, private in ((["serve"], False), (["serve", "--allow-private-fetch"], True)):
         result = CliRunner().invoke(cli.main, arguments)

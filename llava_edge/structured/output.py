@@ -79,8 +79,10 @@ class StructuredOutput:
             return StructuredAnswer(text, None, finish_reason)
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return StructuredAnswer(text, None, finish_reason)  # a stop string cut the document
+        if self.max_depth is not None and _depth(value) > self.max_depth:  # the sampler keeps answers shallower
+            return StructuredAnswer(text, None, "length")
         if self.deduplicates:
             result = deduplicate(value, self.schema)
             if result.changed:
@@ -96,6 +98,17 @@ class StructuredOutput:
     def parse(self, text: str, finish_reason: str) -> Any:
         """The answer's value alone (``finish(text, finish_reason).data``)."""
         return self.finish(text, finish_reason).data
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def schema_named(value: object, *, parameter: str = "schema") -> tuple[str, dict[str, Any]]:

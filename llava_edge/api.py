@@ -20,7 +20,7 @@ from PIL import Image
 from llava_edge.cost import CostModel
 from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
-from llava_edge.generation import Generation, GenerationOptions, PromptChunk, RuntimeOptions, Timings
+from llava_edge.generation import GenerationOptions, PromptChunk, RuntimeOptions, Timings
 from llava_edge.host import refuse_unsupported_os
 from llava_edge.image_store import ImageStore
 from llava_edge.images import ImageInput, ImageLimits, load_image
@@ -31,6 +31,7 @@ from llava_edge.runtime.grammar import structured_output as structured_output
 from llava_edge.runtime.quantize import quantize_gguf
 from llava_edge.schema import DEFAULT_PROMPT, CaptionRequest, caption_response, parse_caption_request
 from llava_edge.structured import StructuredOutput
+from llava_edge.structured.answers import FinishedAnswer, answer_events
 from llava_edge.token_budget import AUTO_HIGH_MIN_SIDE as AUTO_HIGH_MIN_SIDE
 from llava_edge.token_budget import LOW_DETAIL_SIDE, resolved_detail, token_budget
 
@@ -187,14 +188,13 @@ class Captioner:
         text = prompt or (structure and structure.prompt) or DEFAULT_PROMPT
         options = options or self.generation
         if structure is not None:
-            options = replace(options, grammar=structure.grammar)
+            options = replace(options, grammar=structure.grammar, grammar_depth=structure.max_depth)
         with closing(self.runtime.stream(pictures, text, options, budget)) as events:
-            for event in events:
-                if not isinstance(event, Generation):
+            for event in answer_events(events, structure):
+                if not isinstance(event, FinishedAnswer):
                     yield event
                     continue
-                data = structure.parse(event.text, event.finish_reason) if structure is not None else None
-                result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name, data)
+                result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name, event.data)
                 yield CaptionDone(result, self._response(task_uuid or str(uuid.uuid4()), result, include_cost))
 
     def _pictures(self, image: ImageInput | list[ImageInput], detail: str, limits: ImageLimits) -> list[Image.Image]:

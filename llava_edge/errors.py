@@ -37,6 +37,7 @@ next. Classes also inherit the builtin that fits, so callers may catch ``ValueEr
     ├── BenchmarkError                        a benchmark's worker process or the llama-mtmd-cli anchor failed
     ├── EvaluationError (ValueError)          `llava-edge eval` cannot compare: no variants, no reference, a bad set
     ├── CaptionCancelledError                 a running caption was cancelled (server shutdown)
+    ├── GenerationTimeoutError (TimeoutError)  a token or the whole answer took longer than its deadline
     └── RuntimeBackendError                   llama.cpp failed to load or run
         └── StructuredOutputError             a finished structured answer does not follow its schema
 """
@@ -230,6 +231,14 @@ class CaptionCancelledError(LlavaEdgeError):
     """Raised by a caption that was cancelled while it ran (for example by a server shutting down)."""
 
     code = "serviceUnavailable"
+
+
+class GenerationTimeoutError(LlavaEdgeError, TimeoutError):
+    """Raised when sampling one token, or the whole answer, took longer than its deadline
+    (``GenerationOptions.token_deadline_s`` / ``deadline_s``). Checked between tokens: one token is one call into
+    llama.cpp that cannot be interrupted, so the answer ends at the first check past the deadline."""
+
+    code = "timeout"
 
 
 class OutputFileError(LlavaEdgeError, ValueError):

@@ -66,6 +66,15 @@ class GenerationOptions:
     grammar: str | None = None
     """A GBNF grammar (root rule ``root``) every sampled token must follow; made from a JSON Schema by
     ``llava_edge.api.structured_output``. ``None``: free text."""
+    grammar_depth: int | None = None
+    """With ``grammar``: the most ``[``/``{`` the answer may have open at once; tokens that would open one more
+    are ruled out. Set for grammars made from a JSON Schema, so every answer is shallow enough to check."""
+    token_deadline_s: float | None = 10.0
+    """Most seconds one token may take (sampling, under a grammar too, and decoding); checked between tokens,
+    past it the answer ends with ``GenerationTimeoutError``. ``None``: no limit."""
+    deadline_s: float | None = None
+    """Most seconds the whole caption may take from its start, checked between tokens (``GenerationTimeoutError``
+    past it). ``None`` (default): ``max_tokens`` alone bounds it."""
 
 
 @dataclass(frozen=True)

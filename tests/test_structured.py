@@ -203,6 +203,13 @@ def _chain(length: int) -> dict[str, Any]:
     return {"$defs": defs, "$ref": "#/$defs/d0"}
 
 
+def _ambiguous(levels: int, width: int = 256) -> dict[str, Any]:
+    """``levels`` nested ``anyOf``s of ``width`` identical alternatives each: width ** levels parses."""
+    defs = {f"l{level}": {"anyOf": [{"$ref": f"#/$defs/l{level + 1}"}] * width} for level in range(levels - 1)}
+    defs[f"l{levels - 1}"] = {"anyOf": [{"type": "integer"}] * width}
+    return {"$defs": defs, "$ref": "#/$defs/l0"}
+
+
 def _nested(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer"}
     for _ in range(depth):
@@ -215,7 +222,8 @@ HOSTILE: dict[str, tuple[Callable[[], Any], str]] = {
     "maxLength 100000": (lambda: _object({"s": {"type": "string", "maxLength": 100_000}}), "maxLength"),
     "$ref chain 200 deep": (lambda: _chain(200), "$ref"),
     "enum of 100k": (lambda: {"enum": list(range(100_000))}, "bytes"),
-    "enum of 1000": (lambda: {"enum": list(range(1_000))}, "enum has 1,000 entries"),
+    "enum of 1000": (lambda: {"enum": list(range(1_000))}, "1,000 alternatives"),
+    "anyOf 256 four levels deep": (lambda: _ambiguous(4), "along one path, over the limit of 256"),
     "1 MB schema": (lambda: _object({f"p{index}": {"type": "string", "description": "x" * 1000}
                                      for index in range(1000)}), "bytes"),
     "nesting 500 deep": (lambda: _nested(500), "nested"),
@@ -236,10 +244,21 @@ def test_hostile_schemas_are_refused_fast_before_the_image_is_read(captioner: Ca
 
 
 @pytest.mark.parametrize(("schema", "named"), [
-    ({"type": "integer", "minimum": 0}, "minimum"),
+    ({"type": "integer", "multipleOf": 3}, "multipleOf 3 is not a power of ten"),
+    ({"type": "number", "multipleOf": 0.25}, "multipleOf 0.25 is not a power of ten"),
+    ({"type": "integer", "multipleOf": 10, "minimum": 5}, "multipleOf 10 beside minimum/maximum"),
+    ({"minimum": 0}, 'minimum need "type": "number"'),
+    ({"type": "integer", "minimum": 5, "maximum": 2}, "no integer lies within its bounds"),
     ({"type": "object", "patternProperties": {"a": {}}}, "patternProperties"),
-    ({"type": "string", "pattern": "^a+$"}, "pattern"),
-    ({"type": "string", "format": "email"}, "email"),
+    ({"type": "string", "pattern": "(a+)*"}, "quantified group that holds a quantifier or an alternation"),
+    ({"type": "string", "pattern": "^(a|b)+$"}, "quantified group that holds a quantifier or an alternation"),
+    ({"type": "string", "pattern": "(a)\\1"}, "backreference"),
+    ({"type": "string", "pattern": "^(?=a)a$"}, "lookaround"),
+    ({"type": "string", "pattern": "^(?<!a)b$"}, "lookaround"),
+    ({"type": "string", "pattern": "a[b"}, "not a valid JSON Schema"),
+    ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "no format or pattern"),
+    ({"type": "array", "prefixItems": [{"type": "integer"}], "uniqueItems": True}, "uniqueItems need"),
+    ({"enum": ["a", "bb"], "maxLength": 1, "type": "string"}, 'the value "bb" breaks'),
     ({"type": ["string", "null"], "maxLength": 3}, "anyOf"),
     ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["b"]}, "requires b"),
     ({"$ref": "https://example.com/schema.json"}, "remote"),

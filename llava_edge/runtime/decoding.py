@@ -9,7 +9,7 @@ from typing import Any
 
 import llama_cpp
 
-from llava_edge.errors import RuntimeBackendError
+from llava_edge.errors import GenerationTimeoutError, RuntimeBackendError
 from llava_edge.events import TextDelta, TextStream
 from llava_edge.generation import (
     Generation,
@@ -53,8 +53,10 @@ class Decoder:
         reason, first_token_at = "length", None
         try:
             for _ in range(self.options.max_tokens):
+                began = time.perf_counter()
                 token = self.sampler.sample(self.context)
                 first_token_at = first_token_at or time.perf_counter()
+                self._check_deadlines(began, len(pieces))
                 if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                     reason = "stop"
                     break
@@ -64,6 +66,7 @@ class Decoder:
                     break
                 yield TextDelta(stream.feed(pieces[-1]), len(pieces))
                 self._decode(token)
+                self._check_deadlines(began, len(pieces))
         finally:
             self.sampler.close()
         generation = self._generation(pieces, reason, first_token_at)
@@ -71,6 +74,20 @@ class Decoder:
         if rest:
             yield TextDelta(rest, len(pieces))
         yield generation
+
+    def _check_deadlines(self, began: float, tokens: int) -> None:
+        """Between tokens: the last one (since ``began``) and the whole caption within their deadlines."""
+        now = time.perf_counter()
+        per_token, whole = self.options.token_deadline_s, self.options.deadline_s
+        if per_token is not None and now - began > per_token:
+            raise GenerationTimeoutError(
+                f"One token took {now - began:.1f} s, over the limit of {per_token:g} s per token (token_deadline_s), "
+                f"after {tokens} tokens. A schema with many alternatives makes each token slow: simplify it, or "
+                "raise the limit.")
+        if whole is not None and now - self.started > whole:
+            raise GenerationTimeoutError(
+                f"The caption took {now - self.started:.1f} s, over its limit of {whole:g} s (deadline_s), after "
+                f"{tokens} tokens; lower max_tokens or raise the limit.")
 
     def _decode(self, token: int) -> None:
         tokens = (llama_cpp.llama_token * 1)(token)  # kept alive: the batch only points at it

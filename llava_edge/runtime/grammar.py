@@ -5,7 +5,12 @@ what a grammar allows is always valid, compact JSON, however unlikely the tokens
 prefers: at most one space wherever JSON allows whitespace (``space``); no raw control characters and no lone
 surrogate escapes inside strings (``char``: ``json.loads`` refuses the one, UTF-8 cannot encode the other);
 exponents of at most two digits (``number``: ``1e9999`` would be infinity); and rule names of bounded length
-(a long property name would otherwise be repeated in every repetition of its rule).
+(a long property name would otherwise be repeated in every repetition of its rule). Numbers with bounds or
+``multipleOf`` and strings with a ``pattern`` get our own rules (``structured.numbers``, ``structured.pattern``):
+the converter ignores the one and turns the other into text that is not always JSON.
+
+``structured_output`` is a plain synchronous function (it checks the schema and builds the grammar, milliseconds
+to about a second for the largest schemas allowed): a server runs it in a worker thread, off its event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 from llava_edge.errors import SchemaError
 from llava_edge.structured import (
@@ -25,6 +30,10 @@ from llava_edge.structured import (
     check_schema,
     schema_named,
 )
+from llava_edge.structured.keywords import has_number_keywords, number_rule
+from llava_edge.structured.numbers import number_gbnf
+from llava_edge.structured.pattern import parse_pattern
+from llava_edge.structured.unique import has_unique_items
 
 SPACE_RULE = '" "?'
 """At most one space wherever JSON allows whitespace."""
@@ -35,6 +44,8 @@ TIGHT_RULES = {
 }
 """Rules of the converter replaced by these (``{hex}`` is the name of a hex-digit rule)."""
 _MAX_RULE_NAME = 48
+_CHECKED = 10 ** 9
+"""Repetition limit for patterns already checked against ``SchemaLimits``."""
 
 
 class _TightConverter(SchemaConverter):
@@ -48,8 +59,19 @@ class _TightConverter(SchemaConverter):
             name = f"{name[:_MAX_RULE_NAME - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
         return str(super()._add_rule(name, rule))  # type: ignore[no-untyped-call]
 
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        """Our rules for bounded numbers and patterns; the converter's for everything else."""
+        if not {"$ref", "anyOf", "oneOf", "enum", "const"} & set(schema):
+            rule_name = f"{name}-" if name in RESERVED_NAMES else name or "root"
+            if schema.get("type") in ("number", "integer") and has_number_keywords(schema):
+                return self._add_rule(rule_name, f"({number_gbnf(number_rule(schema))}) space")
+            if schema.get("type") in (None, "string") and "pattern" in schema:
+                content = parse_pattern(schema["pattern"], _CHECKED).gbnf
+                return self._add_rule(rule_name, f'"\\"" {content} "\\"" space')
+        return str(super().visit(schema, name))  # type: ignore[no-untyped-call]
+
     def grammar(self, schema: dict[str, Any]) -> str:
-        self.visit(self.resolve_refs(schema, ""), "")  # type: ignore[no-untyped-call]
+        self.visit(self.resolve_refs(schema, ""), "")
         hex_digit = self._add_rule("hex", "[0-9a-fA-F]") if "char" in self._rules else ""
         for name, rule in TIGHT_RULES.items():
             if name in self._rules:
@@ -95,7 +117,8 @@ def structured_output(
         raise SchemaError(f"The JSON Schema could not be turned into a grammar ({type(err).__name__}: "
                           f"{str(err)[:200]}); simplify it.", parameter=parameter) from None
     prompt = PHOTO_PROMPT if name == "photo" else None
-    return StructuredOutput(checked_grammar(text, limits, parameter), chosen, name, prompt)
+    return StructuredOutput(checked_grammar(text, limits, parameter), chosen, name, prompt,
+                            deduplicates=has_unique_items(cleaned), max_depth=limits.max_answer_depth)
 
 
 def checked_grammar(grammar: str, limits: SchemaLimits, parameter: str = "grammar") -> str:

@@ -12,6 +12,7 @@ from typing import Literal
 from llava_edge.errors import (
     AuthenticationError,
     ConflictTaskUUIDError,
+    GenerationTimeoutError,
     ImageStoreError,
     InvalidRequestError,
     ModelNotCachedError,
@@ -37,6 +38,7 @@ _STATUS: dict[type[BaseException], int] = {
     ServerBusyError: 503,
     ImageStoreError: 507,
     RuntimeBackendError: 500,
+    GenerationTimeoutError: 504,
 }
 _CHAT_STATUS: dict[type[BaseException], int] = {UnknownModelError: 404}
 _BY_API: dict[Api, dict[type[BaseException], int]] = {"runware": {}, "openai": _CHAT_STATUS, "ollama": _CHAT_STATUS}

@@ -79,10 +79,10 @@ def test_bad_schemas_fail_before_the_model_loads(tmp_path: Path, make_image: Ima
                                                  schema_file: Path) -> None:
     image = tmp_path / "a.png"
     image.write_bytes(make_image(50, 40))
-    schema_file.write_text(json.dumps({"type": "integer", "minimum": 0}))
+    schema_file.write_text(json.dumps({"type": "integer", "multipleOf": 3}))
     refused = CliRunner().invoke(main, ["caption", str(image), "--json-schema", str(schema_file),
                                         "--model", "no-such-model"])
-    assert refused.exit_code == 1 and "minimum" in refused.output and "[invalidSchema]" in refused.output
+    assert refused.exit_code == 1 and "multipleOf" in refused.output and "[invalidSchema]" in refused.output
     schema_file.write_text("{not json")
     broken = CliRunner().invoke(main, ["caption", str(image), "--json-schema", str(schema_file)])
     assert broken.exit_code == 2 and "not a readable JSON file" in broken.output

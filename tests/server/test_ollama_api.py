@@ -78,7 +78,7 @@ def test_errors_are_ollama_s(serve: Callable[..., LiveServer], png: bytes) -> No
         client.generate(model="mistral", prompt="hi", images=[png], stream=False)
     assert unknown.value.status_code == 404 and "not on this machine" in unknown.value.error
     with pytest.raises(ollama.ResponseError) as structured:
-        client.generate(model="llava", prompt="hi", images=[png], format={"type": "integer", "minimum": 1},
+        client.generate(model="llava", prompt="hi", images=[png], format={"type": "integer", "multipleOf": 3},
                         stream=False)
     assert structured.value.status_code == 400 and "format" in structured.value.error
     too_big = httpx.post(f"{server.http}/api/generate", json={"model": "llava", "prompt": "hi", "images": [b64(png)],

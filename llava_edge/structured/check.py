@@ -1,11 +1,13 @@
-"""Structured captions: which JSON Schemas are accepted, the built-in ``photo`` schema, and the check of an answer.
+"""Which JSON Schemas are accepted: bounds on their size and shape, the keywords the grammar enforces, and a
+copy of the schema the grammar converter reads.
 
 A schema is a program the client sends, turned into a grammar that constrains every sampled token. So it is
-checked before anything is built: its size, nesting, ``$ref`` chains, ``enum`` sizes and the counts that become
-repeated grammar rules (``minItems``/``maxItems``/``minLength``/``maxLength``) have limits (``SchemaLimits``),
-and only keywords the grammar enforces are accepted; any other is named in the ``SchemaError``. Annotations
-(``title``, ``description``, ``default``, ...) are dropped before conversion. Pure: no llama.cpp here
-(``runtime.grammar`` builds the grammar); ``jsonschema`` (the ``structured`` extra) validates the answers.
+checked before anything is built: its size, nesting, ``$ref`` chains, ``enum`` sizes, the counts that become
+repeated grammar rules (``minItems``/``maxItems``/``minLength``/``maxLength``, pattern repetitions) and the
+product of alternatives along any path (the ambiguity bound) have limits (``SchemaLimits``). A keyword the
+validator checks but the grammar cannot enforce is refused by name; annotations and keywords the validator does
+not know (``title``, ``default``, ``examples``, a ``format`` without grammar rules, ...) are ignored. Pure: no
+llama.cpp here (``runtime.grammar`` builds the grammar).
 """
 
 from __future__ import annotations
@@ -15,54 +17,25 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from llava_edge.errors import MissingExtraError, SchemaError, StructuredOutputError
+from llava_edge.errors import SchemaError
+from llava_edge.structured.ambiguity import AmbiguityError, check_ambiguity
+from llava_edge.structured.keywords import NUMBER_KEYWORDS, enforced_format, has_number_keywords, number_rule
+from llava_edge.structured.numbers import number_gbnf
+from llava_edge.structured.pattern import PatternError, parse_pattern
+from llava_edge.structured.validation import jsonschema_module, known_keywords, validator_for
 
-INSTALL_HINT = 'Install it with: pip install "llava-edge[structured]"'
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
-    "writeOnly", "discriminator",
-})
-"""Keywords that do not constrain a value: accepted and left out of the grammar."""
 SUPPORTED = frozenset({
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
     "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format",
+    "pattern", "uniqueItems", *NUMBER_KEYWORDS,
 })
-"""Keywords the grammar enforces."""
-TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
-"""String formats the grammar enforces."""
+"""Keywords the grammar enforces (``format`` only for the formats it has rules for; ``uniqueItems`` by removing
+later duplicates)."""
 _COUNTS = ("minItems", "maxItems", "minLength", "maxLength")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 """Keywords whose value maps names to subschemas."""
 _SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
-
-_KEYWORDS_TEXT = ", ".join(sorted(SUPPORTED))
-_SHORT = {"type": "string", "minLength": 1}
-
-
-def _text(max_length: int, description: str) -> dict[str, Any]:
-    return {**_SHORT, "maxLength": max_length, "description": description}
-
-
-PHOTO_SCHEMA: dict[str, Any] = {
-    "title": "photo",
-    "type": "object",
-    "properties": {
-        "caption": _text(400, "One or two sentences describing the image."),
-        "alt_text": _text(250, "A short description for people who cannot see the image."),
-        "keywords": {"type": "array", "items": _text(40, "One keyword."), "minItems": 1, "maxItems": 12},
-        "main_subjects": {"type": "array", "items": _text(60, "A main subject."), "minItems": 1, "maxItems": 5},
-    },
-    "required": ["caption", "alt_text", "keywords", "main_subjects"],
-    "additionalProperties": False,
-}
-"""The built-in ``photo`` schema: caption, alt text, keywords and main subjects, every length bounded."""
-PHOTO_PROMPT = ("Describe this image as JSON: a caption of one or two sentences, alt text for people who cannot "
-                "see it, up to 12 keywords, and the main subjects.")
-"""The prompt used with the ``photo`` schema when none is given."""
-JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
-"""Any JSON object: OpenAI's ``{"type": "json_object"}`` and Ollama's ``format: "json"``."""
-BUILT_IN = {"photo": PHOTO_SCHEMA, "json": JSON_OBJECT_SCHEMA}
+_DEFINITIONS = ("$defs", "definitions")
 
 
 @dataclass(frozen=True)
@@ -78,68 +51,25 @@ class SchemaLimits:
     """``$ref`` hops along one path from the root (a recursive ``$ref`` counts once)."""
     max_enum: int = 256
     """Entries of one ``enum`` (and alternatives of one ``anyOf``/``oneOf``)."""
+    max_alternatives: int = 256
+    """The product of alternatives along any path (``enum``, ``anyOf``/``oneOf``, ``type`` lists, pattern
+    alternations): how many parses the grammar sampler may track at once."""
     max_count: int = 1_000
-    """Any one ``minItems``/``maxItems``/``minLength``/``maxLength``: each unit is a repeated grammar rule."""
+    """Any one ``minItems``/``maxItems``/``minLength``/``maxLength`` or pattern repetition: each unit is a repeated
+    grammar rule."""
     max_total_count: int = 4_000
     """All those counts of the schema added up."""
     max_grammar_bytes: int = 262_144
     """The generated (or given) GBNF grammar."""
-
-
-@dataclass(frozen=True)
-class StructuredOutput:
-    """What constrains an answer: the GBNF grammar, and the JSON Schema it was made from (``None`` for a grammar
-    given as it is). Made by ``llava_edge.api.structured_output``; immutable, so one can serve many captions."""
-
-    grammar: str
-    schema: dict[str, Any] | None
-    name: str
-    """``photo``, ``json``, ``schema`` (a schema of the caller's) or ``grammar``."""
-    prompt: str | None = None
-    """The prompt to use when the caller gives none (the ``photo`` schema asks for its fields)."""
-
-    def parse(self, text: str, finish_reason: str) -> Any:
-        """The answer's JSON value, checked against the schema; ``None`` when the answer is incomplete: cut by
-        ``max_tokens`` (``finish_reason`` ``"length"``) or by a stop string, or made from a raw grammar.
-
-        Raises:
-            StructuredOutputError: a complete JSON document that does not validate.
-            MissingExtraError: ``jsonschema`` is not installed.
-        """
-        if self.schema is None or finish_reason != "stop":
-            return None
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None  # a stop string cut the document
-        problem = validation_error(value, self.schema)
-        if problem is not None:
-            raise StructuredOutputError(f"The answer does not follow the {self.name} schema: {problem}. "
-                                        "Report this with the schema; the grammar should have prevented it.")
-        return value
-
-
-def schema_named(value: object, *, parameter: str = "schema") -> tuple[str, dict[str, Any]]:
-    """(name, schema) for a schema given as a dict or as the name of a built-in one (``photo``, ``json``).
-
-    Raises:
-        SchemaError: an unknown name, or neither a name nor an object.
-    """
-    if isinstance(value, str):
-        if value not in BUILT_IN:
-            raise SchemaError(f"Unknown built-in schema {value[:40]!r}; use one of {', '.join(BUILT_IN)}, or give "
-                              "a JSON Schema object.", parameter=parameter)
-        return value, BUILT_IN[value]
-    if not isinstance(value, dict):
-        raise SchemaError("A schema must be a JSON Schema object or a built-in name (photo, json).",
-                          parameter=parameter)
-    return "schema", value
+    max_answer_depth: int = 32
+    """Brackets an answer may have open at once (tokens that would open one more are ruled out), so a recursive
+    schema or ``{"type": "object"}`` cannot make an answer too deep to check."""
 
 
 def check_schema(schema: dict[str, Any], limits: SchemaLimits | None = None, *, parameter: str = "schema"
                  ) -> dict[str, Any]:
-    """Check a JSON Schema against ``limits`` and the supported keywords; return a copy without annotations,
-    ready for the grammar converter.
+    """Check a JSON Schema against ``limits`` and the supported keywords; return a copy with only the keywords
+    the grammar enforces, ready for the grammar converter.
 
     Raises:
         SchemaError: naming the bound or keyword that refused it, and what to do instead.
@@ -154,31 +84,15 @@ def check_schema(schema: dict[str, Any], limits: SchemaLimits | None = None, *, 
         raise refuse(f"the schema is not JSON ({err})") from err
     if size > limits.max_schema_bytes:
         raise refuse(f"it is {size:,} bytes, over the limit of {limits.max_schema_bytes:,}")
+    try:  # before the meta-schema check: it is linear, and refuses the costliest schemas first
+        check_ambiguity(schema, limits.max_alternatives, limits.max_count)
+    except AmbiguityError as err:
+        raise refuse(str(err)) from None
     _check_meta_schema(schema, refuse)
     walker = _Walker(schema, limits, refuse)
     cleaned = walker.clean(schema, "#")
     _check_refs(walker.refs, limits.max_ref_depth, refuse)
     return cleaned
-
-
-def validation_error(value: Any, schema: dict[str, Any]) -> str | None:
-    """The first reason ``value`` does not validate against ``schema`` (``jsonschema``), or ``None``."""
-    jsonschema = _jsonschema()
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is None:
-        return None
-    where = "/".join(str(part) for part in error.absolute_path) or "the document"
-    return f"at {where}: {error.message[:300]}"
-
-
-def _jsonschema() -> Any:
-    try:
-        import jsonschema
-    except ImportError as err:
-        raise MissingExtraError(f"Structured output checks answers with jsonschema, which is missing. {INSTALL_HINT}"
-                                ) from err
-    return jsonschema
 
 
 class _Refusal:
@@ -203,7 +117,7 @@ def _check_depth(schema: object, max_depth: int, refuse: _Refusal) -> None:
 
 
 def _check_meta_schema(schema: dict[str, Any], refuse: _Refusal) -> None:
-    jsonschema = _jsonschema()
+    jsonschema = jsonschema_module()
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(schema)
@@ -213,29 +127,32 @@ def _check_meta_schema(schema: dict[str, Any], refuse: _Refusal) -> None:
 
 
 class _Walker:
-    """One pass over a schema: checks every subschema, collects its ``$ref`` graph, and copies it without
-    annotations."""
+    """One pass over a schema: checks every subschema, collects its ``$ref`` graph, and copies it with only the
+    keywords the grammar enforces."""
 
     def __init__(self, root: dict[str, Any], limits: SchemaLimits, refuse: _Refusal):
         self.root, self.limits, self.refuse = root, limits, refuse
+        self.known = known_keywords(root)
         self.total_count = 0
         self.refs: dict[str, set[str]] = {"#": set()}
         """Each subschema that has ``$ref``s below it (the root ``#`` and every ``$defs`` entry) -> their targets."""
         self._owner = "#"
+        self._validator: Any = None
 
     def clean(self, schema: object, path: str) -> dict[str, Any]:
         if not isinstance(schema, dict):
             raise self.refuse(f"{path} is {json.dumps(schema)[:20]}, not a schema object; only additionalProperties "
                               "may be true or false")
-        unknown = sorted(set(schema) - SUPPORTED - ANNOTATIONS)
+        unknown = sorted(set(schema) & self.known - SUPPORTED)
         if unknown:
-            raise self.refuse(f"{path} uses {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not "
-                              f"supported (supported: {_KEYWORDS_TEXT})")
-        self._check_keywords(schema, path)
+            raise self.refuse(f"{path} uses {', '.join(unknown)}, which the grammar cannot enforce (supported: "
+                              f"{', '.join(sorted(SUPPORTED))})")
+        kept = {key: value for key, value in schema.items() if key in SUPPORTED}
+        if "format" in kept and not enforced_format(kept):
+            del kept["format"]  # an annotation: no grammar rule enforces it
+        self._check_keywords(kept, path)
         cleaned: dict[str, Any] = {}
-        for key, value in schema.items():
-            if key in ANNOTATIONS:
-                continue
+        for key, value in kept.items():
             if key in _SCHEMA_MAPS:
                 cleaned[key] = {name: self._sub(key, sub, f"{path}/{key}/{name}") for name, sub in value.items()}
             elif key in _SCHEMA_LISTS:
@@ -244,6 +161,7 @@ class _Walker:
                 cleaned[key] = self.clean(value, f"{path}/{key}")
             else:
                 cleaned[key] = copy.deepcopy(value)
+        self._check_enum(cleaned, path)
         return cleaned
 
     def _sub(self, key: str, schema: object, path: str) -> dict[str, Any]:
@@ -257,7 +175,7 @@ class _Walker:
             self._owner = owner
 
     def _check_keywords(self, schema: dict[str, Any], path: str) -> None:
-        constraints = set(schema) - ANNOTATIONS - {"$defs", "definitions"}
+        constraints = set(schema) - set(_DEFINITIONS)
         for keyword in ("$ref", "anyOf", "oneOf"):
             if keyword in schema and constraints - {keyword}:
                 others = ", ".join(sorted(constraints - {keyword}))
@@ -272,6 +190,7 @@ class _Walker:
             if keyword in schema and not schema[keyword]:
                 raise self.refuse(f"{path}/{keyword} is empty")
         self._check_type(schema, path, constraints)
+        self._check_value_keywords(schema, path, constraints)
         self._check_counts(schema, path)
 
     def _check_type(self, schema: dict[str, Any], path: str, constraints: set[str]) -> None:
@@ -279,13 +198,9 @@ class _Walker:
         if isinstance(kind, list) and constraints - {"type"}:
             raise self.refuse(f"{path} gives a list of types with other keywords, which the grammar would ignore; "
                               "use anyOf with one schema per type")
-        if "format" in schema and schema["format"] not in FORMATS:
-            raise self.refuse(f"{path} asks for format {str(schema['format'])[:40]!r}; supported formats: "
-                              f"{', '.join(sorted(FORMATS))}")
-        if {"minLength", "maxLength"} & constraints and (kind != "string" or {"format", "enum", "const"} & constraints):
-            raise self.refuse(f"{path}: minLength/maxLength need \"type\": \"string\" and no format, enum or const")
-        if {"minItems", "maxItems"} & constraints and ("items" not in schema or kind not in (None, "array")):
-            raise self.refuse(f"{path}: minItems/maxItems need \"items\" (one schema for every item)")
+        if {"minItems", "maxItems", "uniqueItems"} & constraints and ("items" not in schema
+                                                                      or kind not in (None, "array")):
+            raise self.refuse(f"{path}: minItems/maxItems/uniqueItems need \"items\" (one schema for every item)")
         if "items" in schema and not isinstance(schema["items"], dict):
             raise self.refuse(f"{path}/items must be one schema; give a tuple as prefixItems")
         if "items" in schema and "prefixItems" in schema:
@@ -293,6 +208,44 @@ class _Walker:
         missing = sorted(set(schema.get("required", ())) - set(schema.get("properties", {})))
         if missing:
             raise self.refuse(f"{path} requires {', '.join(missing)[:200]}, not among its properties")
+
+    def _check_value_keywords(self, schema: dict[str, Any], path: str, constraints: set[str]) -> None:
+        """Lengths, ``pattern``, ``format`` and number keywords: each on its type, and enforceable together."""
+        kind = schema.get("type")
+        literal = {"enum", "const"} & constraints
+        if {"minLength", "maxLength"} & constraints and not literal and (
+                kind != "string" or {"format", "pattern"} & constraints):
+            raise self.refuse(f"{path}: minLength/maxLength need \"type\": \"string\" and no format or pattern")
+        if "pattern" in schema and not literal:
+            if kind not in (None, "string") or "format" in schema:
+                raise self.refuse(f"{path}: pattern needs \"type\": \"string\" and no format")
+            try:
+                self.total_count += parse_pattern(schema["pattern"], self.limits.max_count).repeat_total
+            except PatternError as err:
+                raise self.refuse(f"{path}: {err}") from None
+        if has_number_keywords(schema) and not literal:
+            if kind not in ("number", "integer"):
+                numbers = ", ".join(sorted(set(NUMBER_KEYWORDS) & constraints))
+                raise self.refuse(f"{path}: {numbers} need \"type\": \"number\" or \"integer\"")
+            try:
+                number_gbnf(number_rule(schema))
+            except ValueError as err:
+                raise self.refuse(f"{path}: {err}") from None
+
+    def _check_enum(self, schema: dict[str, Any], path: str) -> None:
+        """Every ``enum``/``const`` value must satisfy the schema's other keywords: the grammar writes only the
+        listed values, so one that breaks them would be an invalid answer."""
+        values = schema.get("enum", []) + ([schema["const"]] if "const" in schema else [])
+        if not values or len(schema) == 1:
+            return
+        if self._validator is None:
+            self._validator = validator_for(self.root)
+        validator = self._validator.evolve(schema={key: value for key, value in schema.items()
+                                                   if key not in _DEFINITIONS})
+        for value in values:
+            if not validator.is_valid(value):
+                raise self.refuse(f"{path}: the value {json.dumps(value)[:80]} breaks the schema's other keywords, "
+                                  "so the answer could not be valid; remove it")
 
     def _check_counts(self, schema: dict[str, Any], path: str) -> None:
         for keyword in _COUNTS:
@@ -315,7 +268,7 @@ class _Walker:
         target: Any = self.root
         for part in ref[2:].split("/"):
             if not isinstance(target, dict) or part not in target:
-                raise self.refuse(f"{path}/$ref {ref[:80]!r} points at nothing")
+                raise self.refuse(f"{path}/$ref {json.dumps(ref[:80])} points at nothing")
             target = target[part]
         self.refs[self._owner].add(ref)
 

@@ -57,6 +57,9 @@ class ResidentModel:
     def __init__(self, captioner: Captioner, settings: ServerSettings):
         self.settings = settings
         self.captioner = fetching_from(captioner, settings)
+        self.start_model = captioner.model_name
+        """The model ``serve`` loaded: the generic names (``llava``, ``llava:7b``) mean it."""
+        self.start_files = captioner.files
         self._loaded_here: Captioner | None = None
         """A model loaded by a swap: ``close`` frees it (the caller's own model is the caller's to close)."""
 

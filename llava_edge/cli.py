@@ -323,12 +323,14 @@ def info(as_json: bool) -> None:
                    "follow-up answers (about 360 MB per 672x672 image on the 7B model; 0 keeps only the last).")
 @click.option("--allow-host", "host_names", metavar="NAME", multiple=True,
               help="A Host name clients may use besides IP addresses and localhost (DNS-rebinding defence).")
+@click.option("--allow-pull", is_flag=True,
+              help="Let clients download models through /api/pull on a non-loopback bind without a key.")
 @runtime_options
 @_user_errors
 def serve(host: str | None, port: int | None, api_key: str | None, max_queue: int | None, result_ttl: int | None,
           fetch_hosts: tuple[str, ...], no_fetch: bool, allow_private_fetch: bool, shutdown_timeout: float | None,
           no_auth: bool, origins: tuple[str, ...], host_names: tuple[str, ...], prefix_cache_mb: int,
-          **options: Any) -> None:
+          allow_pull: bool, **options: Any) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
     from llava_edge.server.settings import ServerSettings, normalise_host
 
@@ -339,7 +341,8 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
                              "result_ttl": result_ttl, "shutdown_timeout": shutdown_timeout,
                              "fetch_hosts": allowed_hosts, "allow_private_fetch": allow_private_fetch,
                              "no_auth": no_auth, "allow_origins": frozenset(origins),
-                             "allow_hosts": frozenset(name.lower() for name in host_names)}
+                             "allow_hosts": frozenset(name.lower() for name in host_names),
+                             "offline": bool(options["offline"]), "allow_pull": allow_pull}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:

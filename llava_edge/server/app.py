@@ -5,7 +5,8 @@
 * ``POST /v1`` (and ``/``): a JSON array of tasks -> ``{"data": [...]}`` / ``{"errors": [...]}``; the HTTP
   status is chosen by the TYPE of the error (``status_for``), never by its text.
 * WebSocket ``/v1`` (and ``/``): authentication handshake, ping/pong, task arrays, one frame per answer.
-* ``GET /images/<uuid>.<ext>``: images stored by ``imageUpload``; ``GET /health``: model and queue.
+* ``GET /images/<uuid>.<ext>`` and ``GET /health``: ``resources.py``.
+* Unknown routes and wrong methods: in the shape of the API the path belongs to (``families.py``).
 
 Task semantics live in ``tasks.py``; this module is transport only. Needs the ``server`` extra.
 """
@@ -18,13 +19,12 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 try:
     import uvicorn
     from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.datastructures import URL
     from starlette.websockets import WebSocketDisconnect
 except ImportError as err:  # pragma: no cover - exercised without the extra installed
@@ -40,7 +40,6 @@ from llava_edge.errors import (
     AuthenticationError,
     ConflictTaskUUIDError,
     ImageStoreError,
-    InvalidImageError,
     InvalidRequestError,
     LlavaEdgeError,
     ModelNotCachedError,
@@ -51,14 +50,17 @@ from llava_edge.errors import (
     TooManyAttemptsError,
     UnknownModelError,
 )
-from llava_edge.schema import is_uuid4, task_identity
+from llava_edge.schema import task_identity
 from llava_edge.server.auth import bearer_key
 from llava_edge.server.connections import guarded_protocol
+from llava_edge.server.families import add_route_errors
 from llava_edge.server.guard import RequestGuard
 from llava_edge.server.ollama_api import add_ollama_routes
+from llava_edge.server.ollama_pull import add_pull_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.page import add_page_routes
+from llava_edge.server.resources import add_resources
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
 from llava_edge.server.task_results import Outcome
@@ -83,7 +85,6 @@ _STATUS: dict[type[BaseException], int] = {
 }
 UNAUTHENTICATED_WS_S = 10.0
 """Seconds a WebSocket gets to authenticate before it is closed."""
-_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
 
 
 def status_for(error: BaseException) -> int:
@@ -110,10 +111,12 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     app.add_middleware(RequestGuard, settings=settings)
     _add_rest(app, service)
     _add_websocket(app, service)
-    _add_resources(app, service)
+    add_resources(app, service)
+    add_route_errors(app)
     add_openai_routes(app, service)
     add_page_routes(app, service)  # before Ollama's: browsers get the page at /, other clients Ollama's line
     add_ollama_routes(app, service)
+    add_pull_routes(app, service)
     return app
 
 
@@ -392,29 +395,3 @@ class _Connection:
         async with self._send_lock:
             await self.websocket.send_text(json.dumps(outcome.frame()))
 
-
-# -- resources ------------------------------------------------------------------------------------
-
-
-def _add_resources(app: FastAPI, service: TaskService) -> None:
-    @app.get("/health", summary="Loaded model and queue depth")
-    async def health() -> dict[str, Any]:
-        return service.health()
-
-    @app.get("/images/{name}", summary="An image stored by imageUpload", response_class=FileResponse)
-    async def stored_image(name: str) -> Response:
-        try:
-            path = _stored_image(service, name)
-        except InvalidImageError as err:
-            return JSONResponse({"errors": [err.to_runware()]}, status_code=404)
-        return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix[1:]])
-
-
-def _stored_image(service: TaskService, name: str) -> Path:
-    """The file behind ``<uuid>.<ext>``; only names the store itself gave out are served."""
-    image_uuid, _, extension = name.partition(".")
-    if is_uuid4(image_uuid) and extension in _IMAGE_TYPES:
-        path = service.captioner.image_store.path(image_uuid)
-        if path.name == name:
-            return path
-    raise InvalidImageError(f"No stored image is named {name!r}.", code="notFound", parameter="name")

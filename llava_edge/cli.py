@@ -348,11 +348,13 @@ def serve(host: str | None, port: int | None, api_key: str | None, max_queue: in
     try:
         from llava_edge.server.app import run_server
         from llava_edge.server.page import page_url
+        from llava_edge.server.request_log import show_server_logs
     except ImportError as err:
         raise click.ClickException(str(err)) from err
     if settings.no_auth:
         click.echo(f"llava-edge: WARNING: serving {settings.host} without a key (--no-auth): anyone who can reach "
                    "this address can caption and upload.", err=True)
+    show_server_logs()  # the model's load time, then refusals, swaps and unloads
     captioner = load_captioner(options, prefix_cache_bytes=prefix_cache_mb * 2**20)
     root = f"{settings.host}:{settings.port}/v1"
     click.echo(f"llava-edge: {captioner.model_name} loaded; serving http://{root} and ws://{root}", err=True)

@@ -51,7 +51,7 @@ from llava_edge.errors import (
     UnknownModelError,
 )
 from llava_edge.schema import task_identity
-from llava_edge.server.auth import bearer_key
+from llava_edge.server.auth import bearer_key, first_task
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.families import add_route_errors
 from llava_edge.server.guard import RequestGuard
@@ -60,6 +60,7 @@ from llava_edge.server.ollama_pull import add_pull_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.page import add_page_routes
+from llava_edge.server.request_log import RefusalLog, note_refusal, show_server_logs
 from llava_edge.server.resources import add_resources
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
@@ -109,6 +110,7 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RefusalLog)  # outermost: it sees the guard's refusals too
     _add_rest(app, service)
     _add_websocket(app, service)
     add_resources(app, service)
@@ -146,6 +148,7 @@ def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
         ServerConfigError: unsafe settings (checked before binding).
     """
     settings.check()
+    show_server_logs()
     app = create_app(captioner, settings)
     service: TaskService = app.state.service
     server = DrainingServer(uvicorn_config(app, settings), service)
@@ -214,20 +217,6 @@ async def _read_up_to(chunks: AsyncIterator[bytes], start: bytes, cap: int, *, l
     return bytes(body)
 
 
-def first_task(prefix: bytes) -> Any:
-    """The first task of a (possibly cut) JSON array of tasks, or the object itself; None if unreadable."""
-    text = prefix.decode("utf-8", "replace")
-    decoder = json.JSONDecoder()
-    index = len(text) - len(text.lstrip())
-    if text[index:index + 1] == "[":
-        index += 1
-        index += len(text[index:]) - len(text[index:].lstrip())
-    try:
-        return decoder.raw_decode(text, index)[0]
-    except (ValueError, RecursionError):
-        return None
-
-
 def _check_size(size: int, cap: int) -> None:
     if size > cap:
         raise _too_large(size, cap)
@@ -256,6 +245,8 @@ def _envelope(outcomes: list[Outcome]) -> Response:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
     headers = {"Retry-After": "2" if status == 503 else "60"} if status in (429, 503) else None
+    if failures:
+        note_refusal(failures[0].item.get("code"), str(failures[0].item.get("message", "")))
     # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
     return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 

@@ -26,6 +26,7 @@ from llava_edge.errors import (
 )
 from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
+from llava_edge.server.families import quoted
 from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ def check_model(name: object, service: TaskService) -> RequestedModel:
         return RequestedModel(name, swap)
     installed = installed_model_ids(service)
     raise UnknownModelError(
-        f"Model {name[:80]!r} is not on this machine. Installed: {', '.join(installed[:8])}; "
+        f"Model {quoted(name)} is not on this machine. Installed: {', '.join(installed[:8])}; "
         f"{installed[0]} is loaded (also called {', '.join(resident_names(service)[1:4])}). "
         "Name one of these, or download another with `llava-edge pull VARIANT`.",
         code="modelNotFound",

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from llava_edge.server.request_log import note_refusal
+
 Family = Literal["ollama", "openai", "runware"]
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -50,7 +52,8 @@ def error_body(path: str, status: int, code: str, message: str, param: str | Non
 
 
 def error_response(path: str, status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
-    """``error_body`` as a response with its status (``Retry-After`` on 429 and 503)."""
+    """``error_body`` as a response with its status (``Retry-After`` on 429 and 503), noted for the log."""
+    note_refusal(code, message)
     headers = {"Retry-After": "2"} if status in (429, 503) else None
     return JSONResponse(error_body(path, status, code, message, param), status_code=status, headers=headers)
 

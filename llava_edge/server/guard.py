@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llava_edge.server.families import error_body, quoted
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.settings import ServerSettings, is_loopback
 
 Scope = MutableMapping[str, Any]
@@ -165,6 +166,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
+    note_refusal(refusal.code, refusal.message)
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})  # answered 403 by uvicorn
         return

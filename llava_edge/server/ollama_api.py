@@ -39,6 +39,7 @@ from llava_edge.server.chat import (
     quantization_of,
 )
 from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
 from llava_edge.server.task_results import Outcome
@@ -96,6 +97,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
 def ollama_error(error: LlavaEdgeError) -> JSONResponse:
     """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
     status = error_status(error)
+    note_refusal(error.code, error.message)
     return JSONResponse({"error": error.message}, status_code=status,
                         headers={"Retry-After": "2"} if status in (429, 503) else None)
 

@@ -36,6 +36,7 @@ from llava_edge.server.chat import (
     parse_stop,
 )
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
 from llava_edge.server.task_results import Outcome
@@ -94,6 +95,7 @@ def openai_error(error: LlavaEdgeError) -> JSONResponse:
     """An error in OpenAI's shape and status."""
     status = error_status(error)
     headers = {"Retry-After": "2"} if status in (429, 503) else None
+    note_refusal(error.code, error.message)
     return JSONResponse(openai_error_body(error), status_code=status, headers=headers)
 
 

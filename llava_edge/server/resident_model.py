@@ -7,6 +7,7 @@ new one fail to load, the previous one is loaded again and the error is that cal
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -94,7 +95,9 @@ class ResidentModel:
         previous.close()
         try:
             loaded = previous.another(model)
-        except LlavaEdgeError:
+        except LlavaEdgeError as err:
+            _log.warning("swap to %s failed after %.1f s: %s; loading %s again", model, time.perf_counter() - began,
+                         json.dumps(err.message[:300]), previous.model_name)
             self._install(previous.another(previous.model_name))
             raise
         self._install(loaded)

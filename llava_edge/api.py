@@ -6,8 +6,10 @@ Composes models -> images -> runtime. The CLI, the server, batch jobs and benchm
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Generator
 from contextlib import closing
@@ -35,6 +37,7 @@ from llava_edge.structured.answers import FinishedAnswer, answer_events
 from llava_edge.token_budget import AUTO_HIGH_MIN_SIDE as AUTO_HIGH_MIN_SIDE
 from llava_edge.token_budget import LOW_DETAIL_SIDE, resolved_detail, token_budget
 
+_log = logging.getLogger("llava_edge.models")
 SchemaInput = dict[str, Any] | str | StructuredOutput
 """A JSON Schema, the name of a built-in one (``"photo"``, ``"json"``), or one prepared by ``structured_output``."""
 
@@ -110,6 +113,7 @@ class Captioner:
         self.image_store = image_store or ImageStore()
         self.cost_model = cost_model or CostModel.from_env()
         self.runtime = LlavaRuntime(self.files, runtime)
+        _log.info("loaded model %s (%s) in %.2f s", self.model_name, self.files.model_path.name, self.runtime.load_s)
 
     @property
     def model_name(self) -> str:
@@ -129,7 +133,10 @@ class Captioner:
         )
 
     def close(self) -> None:
-        self.runtime.close()
+        """Free the model (logged; closing it again does nothing)."""
+        began = time.perf_counter()
+        if self.runtime.close():
+            _log.info("unloaded model %s in %.2f s", self.model_name, time.perf_counter() - began)
 
     def __enter__(self) -> Self:
         return self

@@ -27,26 +27,17 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx2
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalTokenNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 from huggingface_hub.utils import WeakFileLock, build_hf_headers  # type: ignore[attr-defined]  # lazy exports
 
 from llava_edge.errors import ChecksumMismatchError, DownloadError, InsufficientDiskError, ModelNotCachedError
 from llava_edge.models.catalog import HubFile, ModelFiles, ModelSpec, load_registry
+from llava_edge.models.hub_errors import hub_errors
 from llava_edge.models.resumable import PartFile, fetch_part, file_sha256
 from llava_edge.models.selection import resolve_variant
 
@@ -75,6 +66,21 @@ class Target:
     def storage(self, hub_file: HubFile) -> Path:
         """The repo's folder in the hub cache: ``models--org--name``."""
         return self.cache_dir / ("models--" + hub_file.repo.replace("/", "--"))
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """How far the download of one file has come (what ``download_model`` tells ``on_progress``)."""
+
+    file: str
+    digest: str
+    """``sha256:<hex>`` when the sha256 is known, else the hub's ETag."""
+    total: int | None
+    completed: int
+    """Bytes on disk so far, resumed ones included."""
+
+
+ProgressListener = Callable[[FileProgress], None]
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ def download_model(
     token: str | bool | None = None,
     progress: bool | None = None,
     verify_cached: bool = False,
+    on_progress: ProgressListener | None = None,
 ) -> ModelFiles:
     """The local files of a variant, downloaded, verified and resumed as needed.
 
@@ -150,6 +157,7 @@ def download_model(
         token: passed to ``huggingface_hub`` unchanged (``None`` reads ``$HF_TOKEN`` or the login).
         progress: draw progress bars; ``None`` draws them only when stdout and stderr are terminals.
         verify_cached: re-hash files already present and replace any that do not match.
+        on_progress: called from this thread as each missing file's bytes arrive (``FileProgress``).
 
     Returns:
         The model and mmproj paths with the variant's prompt template.
@@ -171,24 +179,24 @@ def download_model(
     if is_offline(offline):
         paths = [_cached_or_raise(spec, hub_file, target, hint) for hub_file in files]
     else:
-        paths = _fetch_all(spec, files, target, token, _show_progress(progress), hint)
+        paths = _fetch_all(spec, files, target, token, _show_progress(progress), hint, on_progress)
     return ModelFiles(paths[0], paths[1], spec.template, spec.id)
 
 
 def _fetch_all(spec: ModelSpec, files: tuple[HubFile, ...], target: Target, token: str | bool | None,
-               progress: bool, hint: str) -> list[Path]:
+               progress: bool, hint: str, on_progress: ProgressListener | None = None) -> list[Path]:
     """Ask the hub about every missing file, check the disk once, then transfer one by one."""
     cached = {hub_file: target.cached(hub_file) for hub_file in files}
     plans = [_plan(spec, hub_file, target, token, hint) for hub_file in files if cached[hub_file] is None]
     _check_disk(spec, plans)
-    fetched = {plan.hub_file: _transfer(plan, target, progress, hint) for plan in plans}
+    fetched = {plan.hub_file: _transfer(plan, target, progress, hint, on_progress) for plan in plans}
     return [cached[hub_file] or fetched[hub_file] for hub_file in files]
 
 
 def _plan(spec: ModelSpec, hub_file: HubFile, target: Target, token: str | bool | None, hint: str) -> _Fetch:
     endpoint = hub_endpoint()
     url = hf_hub_url(hub_file.repo, hub_file.file, revision=hub_file.revision, endpoint=endpoint)
-    with _hub_errors(spec, hub_file, hint):
+    with hub_errors(spec.id, hub_file, hint, hub_endpoint()):
         meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
         headers = build_hf_headers(token=token)
     if not meta.commit_hash or not meta.etag:
@@ -231,13 +239,21 @@ def _bytes_to_fetch(plan: _Fetch) -> int:
     return max(expected - _size_of(plan.part), 0)
 
 
-def _transfer(plan: _Fetch, target: Target, progress: bool, hint: str) -> Path:
+def _transfer(plan: _Fetch, target: Target, progress: bool, hint: str,
+              on_progress: ProgressListener | None = None) -> Path:
     plan.final.parent.mkdir(parents=True, exist_ok=True)
+    digest = f"sha256:{plan.sha256}" if plan.sha256 else plan.etag
+
+    def on_bytes(completed: int) -> None:
+        if on_progress is not None:
+            on_progress(FileProgress(plan.hub_file.file, digest, plan.size, completed))
+
     with WeakFileLock(_lock_path(plan, target)):
         if not _placed_and_verified(plan):
-            with _hub_errors(plan.spec, plan.hub_file, hint, plan), _disk_errors(plan, hint):
+            with hub_errors(plan.spec.id, plan.hub_file, hint, hub_endpoint(), plan.part, plan.size), \
+                    _disk_errors(plan, hint):
                 part = fetch_part(plan.url, plan.part, headers=plan.headers, total=plan.size,
-                                  label=plan.hub_file.file, progress=progress)
+                                  label=plan.hub_file.file, progress=progress, on_bytes=on_bytes)
             _verify(plan, part, hint)
             os.replace(plan.part, plan.final)  # atomic: a reader of a wrong old file keeps its own inode
     if target.local_dir is not None:
@@ -332,43 +348,6 @@ def _cached_or_raise(spec: ModelSpec, hub_file: HubFile, target: Target, hint: s
             f"Run `{hint}` while online (or unset HF_HUB_OFFLINE)."
         )
     return found
-
-
-@contextlib.contextmanager
-def _hub_errors(spec: ModelSpec, hub_file: HubFile, hint: str, plan: _Fetch | None = None) -> Iterator[None]:
-    """Turn ``huggingface_hub`` / ``httpx2`` failures into DownloadErrors that say what to do."""
-    name = f"{hub_file.repo}/{hub_file.file}@{hub_file.revision[:12]}"
-    try:
-        yield
-    except RemoteEntryNotFoundError as err:
-        raise DownloadError(f"The hub has no file {name} (404 Entry Not Found). Check the `file` and "
-                            f"`revision` of variant {spec.id} in the model registry.") from err
-    except RevisionNotFoundError as err:
-        raise DownloadError(f"The hub has no revision {hub_file.revision} of {hub_file.repo}. Check the "
-                            f"`revision` of variant {spec.id} in the model registry.") from err
-    except GatedRepoError as err:
-        raise DownloadError(f"{hub_file.repo} is gated: accept its terms on the hub, then pass a token "
-                            f"(HF_TOKEN, `hf auth login` or --token) and run `{hint}`.") from err
-    except RepositoryNotFoundError as err:
-        raise DownloadError(f"Repository {hub_file.repo} was not found, or it is private and no valid token "
-                            f"was sent. Set HF_TOKEN, run `hf auth login` or pass --token.") from err
-    except LocalTokenNotFoundError as err:
-        raise DownloadError("A token was asked for but none is stored: run `hf auth login`, set HF_TOKEN "
-                            "or pass the token itself.") from err
-    except (OfflineModeIsEnabled, HfHubHTTPError) as err:
-        raise DownloadError(f"Downloading {name} failed: {err} Run `{hint}` to try again.") from err
-    except httpx2.TransportError as err:
-        raise DownloadError(_connection_lost(name, err, hint, plan)) from err
-
-
-def _connection_lost(name: str, err: Exception, hint: str, plan: _Fetch | None) -> str:
-    kept = _size_of(plan.part) if plan is not None else 0
-    if plan is None or not kept:
-        return (f"Cannot reach {hub_endpoint()} for {name}: {err or type(err).__name__}. Check the connection "
-                f"and run `{hint}` again, or set HF_HUB_OFFLINE=1 to use only downloaded models.")
-    total = f" of {plan.size}" if plan.size else ""
-    return (f"The connection dropped while downloading {name}: {err or type(err).__name__}. {kept}{total} bytes "
-            f"are kept in {plan.part}; run `{hint}` again to resume from there.")
 
 
 def _pull_command(spec: ModelSpec, registry: PathArg | None, local_dir: PathArg | None) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llava_edge.errors import InsufficientMemoryError, ModelFileError
 from llava_edge.models.catalog import ModelFiles, load_registry
+from llava_edge.models.ollama_names import ollama_tag
 from llava_edge.models.selection import choose_auto, memory_required, resolve_variant
 from llava_edge.models.synthetic import Quantizer
 
@@ -89,8 +90,8 @@ def installed_models(
     *, registry: str | os.PathLike[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """Every name that loads a model already on this machine, mapped to the model it loads: each
-    downloaded variant's id and aliases (AIR ids among them), and ``synthetic-<preset>`` for each built synthetic pair.
-    Nothing is downloaded or built. The model ids come first, in registry order."""
+    downloaded variant's id, aliases (AIR ids among them) and Ollama tag, and ``synthetic-<preset>`` for each
+    built synthetic pair. Nothing is downloaded or built. The model ids come first, in registry order."""
     from llava_edge.models.download import Target, hub_cache_dir, is_downloaded
     from llava_edge.models.synthetic import NAME_PREFIX, built_synthetic_presets
 
@@ -100,7 +101,7 @@ def installed_models(
     names = {spec.id: spec.id for spec in present}
     names.update({NAME_PREFIX + preset: NAME_PREFIX + preset for preset in built_synthetic_presets()})
     for spec in present:
-        names.update({alias: spec.id for alias in spec.aliases})
+        names.update({alias: spec.id for alias in (*spec.aliases, ollama_tag(spec.id))})
         names.update({alias: target_id for alias, target_id in loaded.aliases.items() if target_id == spec.id})
     return names
 

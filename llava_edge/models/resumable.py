@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,9 +63,11 @@ class PartFile:
 
 
 def fetch_part(
-    url: str, part_path: Path, *, headers: dict[str, str], total: int | None, label: str, progress: bool
+    url: str, part_path: Path, *, headers: dict[str, str], total: int | None, label: str, progress: bool,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> PartFile:
-    """Bring ``part_path`` up to the whole body of ``url``, resuming from what it already holds.
+    """Bring ``part_path`` up to the whole body of ``url``, resuming from what it already holds; ``on_bytes``
+    hears the bytes on disk, first what was kept, then after every chunk.
 
     Retries a dropped connection at once while each attempt adds bytes; gives up after
     ``MAX_ATTEMPTS_WITHOUT_PROGRESS`` attempts in a row that add none, keeping the part file.
@@ -82,12 +85,14 @@ def fetch_part(
         total=total, initial=part.size, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
         disable=not progress, name="huggingface_hub.http_get",  # obeys HF_HUB_DISABLE_PROGRESS_BARS
     )
+    report = on_bytes or (lambda size: None)
+    report(part.size)
     with bar:
         failures = 0
         while total is None or part.size < total:
             before = part.size
             try:
-                _append_rest(url, part, headers, bar)
+                _append_rest(url, part, headers, bar, report)
                 break
             except httpx2.TransportError:
                 failures = 0 if part.size > before else failures + 1
@@ -97,7 +102,8 @@ def fetch_part(
     return part
 
 
-def _append_rest(url: str, part: PartFile, headers: dict[str, str], bar: tqdm) -> None:
+def _append_rest(url: str, part: PartFile, headers: dict[str, str], bar: tqdm,
+                 report: Callable[[int], None]) -> None:
     request_headers = {**headers, "Range": f"bytes={part.size}-"} if part.size else headers
     timeout = httpx2.Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT)
     with get_session().stream("GET", url, headers=request_headers, timeout=timeout) as response:
@@ -109,6 +115,7 @@ def _append_rest(url: str, part: PartFile, headers: dict[str, str], bar: tqdm) -
             for chunk in response.iter_bytes():
                 part.append(chunk, sink)
                 bar.update(len(chunk))
+                report(part.size)
 
 
 def _range_start(response: httpx2.Response) -> int | None:

@@ -115,9 +115,11 @@ class LlavaRuntime:
         if self._cancelled.is_set():
             raise CaptionCancelledError("The caption was cancelled before it finished.")
 
-    def close(self) -> None:
-        """Free the llama.cpp and libmtmd contexts; the runtime is unusable afterwards."""
+    def close(self) -> bool:
+        """Free the llama.cpp and libmtmd contexts; the runtime is unusable afterwards. True when this call
+        freed the model (False when it was closed already)."""
         with self._lock:
+            freed = self._model is not None
             if self._mtmd is not None:
                 mtmd.mtmd_free(self._mtmd)
                 self._mtmd = None
@@ -127,6 +129,7 @@ class LlavaRuntime:
             if self._model is not None:
                 llama_cpp.llama_model_free(self._model)
                 self._model = None
+        return freed
 
     def __enter__(self) -> Self:
         return self

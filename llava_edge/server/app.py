@@ -5,7 +5,8 @@
 * ``POST /v1`` (and ``/``): a JSON array of tasks -> ``{"data": [...]}`` / ``{"errors": [...]}``; the HTTP
   status is chosen by the TYPE of the error (``status_for``), never by its text.
 * WebSocket ``/v1`` (and ``/``): authentication handshake, ping/pong, task arrays, one frame per answer.
-* ``GET /images/<uuid>.<ext>``: images stored by ``imageUpload``; ``GET /health``: model and queue.
+* ``GET /images/<uuid>.<ext>`` and ``GET /health``: ``resources.py``.
+* Unknown routes and wrong methods: in the shape of the API the path belongs to (``families.py``).
 
 Task semantics live in ``tasks.py``; this module is transport only. Needs the ``server`` extra.
 """
@@ -18,13 +19,12 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 try:
     import uvicorn
     from fastapi import FastAPI, Request, WebSocket
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import Response
     from starlette.datastructures import URL
     from starlette.websockets import WebSocketDisconnect
 except ImportError as err:  # pragma: no cover - exercised without the extra installed
@@ -38,19 +38,22 @@ except ImportError as err:  # pragma: no cover - exercised without the extra ins
 from llava_edge._version import __version__
 from llava_edge.errors import (
     AuthenticationError,
-    InvalidImageError,
     InvalidRequestError,
     LlavaEdgeError,
 )
-from llava_edge.schema import is_uuid4, task_identity
-from llava_edge.server.auth import bearer_key
+from llava_edge.schema import task_identity
+from llava_edge.server.auth import bearer_key, first_task
 from llava_edge.server.bodies import check_size, read_up_to, too_large
 from llava_edge.server.connections import guarded_protocol
+from llava_edge.server.families import add_route_errors
 from llava_edge.server.guard import RequestGuard
 from llava_edge.server.ollama_api import add_ollama_routes
+from llava_edge.server.ollama_pull import add_pull_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.page import add_page_routes
+from llava_edge.server.request_log import RefusalLog, note_refusal, show_server_logs
+from llava_edge.server.resources import add_resources
 from llava_edge.server.responses_api import add_responses_routes
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.shutdown import DrainingServer, signals_absorbed
@@ -64,7 +67,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("llava_edge.server.app")
 UNAUTHENTICATED_WS_S = 10.0
 """Seconds a WebSocket gets to authenticate before it is closed."""
-_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}
 
 
 def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> FastAPI:
@@ -81,13 +83,16 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RefusalLog)  # outermost: it sees the guard's refusals too
     _add_rest(app, service)
     _add_websocket(app, service)
-    _add_resources(app, service)
+    add_resources(app, service)
+    add_route_errors(app)
     add_openai_routes(app, service)
     add_responses_routes(app, service)
     add_page_routes(app, service)  # before Ollama's: browsers get the page at /, other clients Ollama's line
     add_ollama_routes(app, service)
+    add_pull_routes(app, service)
     return app
 
 
@@ -117,6 +122,7 @@ def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
         ServerConfigError: unsafe settings (checked before binding).
     """
     settings.check()
+    show_server_logs()
     app = create_app(captioner, settings)
     service: TaskService = app.state.service
     server = DrainingServer(uvicorn_config(app, settings), service)
@@ -172,18 +178,6 @@ async def _read_authenticated_body(request: Request, service: TaskService) -> by
     return await read_up_to(chunks, prefix, settings.max_body_bytes, limit_is_error=True)
 
 
-def first_task(prefix: bytes) -> Any:
-    """The first task of a (possibly cut) JSON array of tasks, or the object itself; None if unreadable."""
-    text = prefix.decode("utf-8", "replace")
-    decoder = json.JSONDecoder()
-    index = len(text) - len(text.lstrip())
-    if text[index:index + 1] == "[":
-        index += 1
-        index += len(text[index:]) - len(text[index:].lstrip())
-    try:
-        return decoder.raw_decode(text, index)[0]
-    except (ValueError, RecursionError):
-        return None
 
 
 def _without_auth_task(tasks: list[Any]) -> list[Any]:
@@ -202,6 +196,8 @@ def _envelope(outcomes: list[Outcome]) -> Response:
         body["errors"] = [outcome.item for outcome in failures]
     status = 200 if data or not failures else status_for(failures[0].error)  # type: ignore[arg-type]
     headers = retry_headers(status)
+    if failures:
+        note_refusal(failures[0].item.get("code"), str(failures[0].item.get("message", "")))
     # json.dumps escapes to ASCII: a lone surrogate echoed from a request (valid JSON) cannot break UTF-8 encoding
     return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
@@ -341,29 +337,3 @@ class _Connection:
         async with self._send_lock:
             await self.websocket.send_text(json.dumps(outcome.frame()))
 
-
-# -- resources ------------------------------------------------------------------------------------
-
-
-def _add_resources(app: FastAPI, service: TaskService) -> None:
-    @app.get("/health", summary="Loaded model and queue depth")
-    async def health() -> dict[str, Any]:
-        return service.health()
-
-    @app.get("/images/{name}", summary="An image stored by imageUpload", response_class=FileResponse)
-    async def stored_image(name: str) -> Response:
-        try:
-            path = _stored_image(service, name)
-        except InvalidImageError as err:
-            return JSONResponse({"errors": [err.to_runware()]}, status_code=404)
-        return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix[1:]])
-
-
-def _stored_image(service: TaskService, name: str) -> Path:
-    """The file behind ``<uuid>.<ext>``; only names the store itself gave out are served."""
-    image_uuid, _, extension = name.partition(".")
-    if is_uuid4(image_uuid) and extension in _IMAGE_TYPES:
-        path = service.captioner.image_store.path(image_uuid)
-        if path.name == name:
-            return path
-    raise InvalidImageError(f"No stored image is named {name!r}.", code="notFound", parameter="name")

@@ -1,12 +1,15 @@
 """API-key checks with a brake: failed attempts are counted per client address over a sliding minute, and
-an address over the limit is answered ``tooManyRequests`` without its key being checked."""
+an address over the limit is answered ``tooManyRequests`` without its key being checked. Also where a key is
+found: the ``Authorization`` header, or the first task of a Runware body (read before the rest)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from llava_edge.errors import AuthenticationError, TooManyAttemptsError
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings, check_api_key
@@ -70,3 +73,17 @@ class AuthGate:
 def bearer_key(authorization: str) -> str | None:
     """The key of an ``Authorization: Bearer <key>`` header, else None."""
     return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
+def first_task(prefix: bytes) -> Any:
+    """The first task of a (possibly cut) JSON array of tasks, or the object itself; None if unreadable."""
+    text = prefix.decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    index = len(text) - len(text.lstrip())
+    if text[index:index + 1] == "[":
+        index += 1
+        index += len(text[index:]) - len(text[index:].lstrip())
+    try:
+        return decoder.raw_decode(text, index)[0]
+    except (ValueError, RecursionError):
+        return None

@@ -16,9 +16,10 @@ from llava_edge.errors import (
     LlavaEdgeError,
     UnknownModelError,
 )
-from llava_edge.models.catalog import ModelFiles, load_registry
-from llava_edge.models.resolve import installed_models, model_files
+from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
+from llava_edge.server.families import quoted
+from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -26,9 +27,8 @@ if TYPE_CHECKING:
     from llava_edge.server.task_service import TaskService
 
 T = TypeVar("T")
-OLLAMA_STYLE_NAMES = ("llava", "llava:latest", "llava:7b", "llava-1.6-mistral", "llava-1.6-mistral:7b",
-                      "llava:7b-v1.6-mistral")
-"""Names Ollama users type for this model; all mean the loaded variant."""
+OLLAMA_STYLE_NAMES = GENERIC_NAMES
+"""Names Ollama users type for this model; all mean the start model (``model_listing``)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -43,18 +43,18 @@ def _registered(model_name: str, registry: str | None) -> tuple[tuple[str, ...],
 
 
 def resident_names(service: TaskService) -> list[str]:
-    """The resident model's id first, then its aliases and the Ollama-style names."""
+    """The resident model's id first, then its aliases, and the generic names while it is the start model
+    (or while the start model cannot be loaded again by name)."""
     captioner = service.captioner
     aliases, _ = _registered(captioner.model_name, _registry_path(service))
-    return list(dict.fromkeys([captioner.model_name, *aliases, *OLLAMA_STYLE_NAMES]))
+    start = service.resident.start_model
+    generic = OLLAMA_STYLE_NAMES if captioner.model_name == start or start not in _installed(service).values() else ()
+    return list(dict.fromkeys([captioner.model_name, *aliases, *generic]))
 
 
 def installed_model_ids(service: TaskService) -> list[str]:
     """The models on this machine that a request may name, the resident one first."""
-    resident = service.captioner.files.model_path
-    others = [model for model in dict.fromkeys(_installed(service).values())
-              if installed_files(model, service).model_path != resident]
-    return [service.captioner.model_name, *others]
+    return [model.id for model in installed_list(service)]
 
 
 def model_names(service: TaskService) -> list[str]:
@@ -74,9 +74,7 @@ def _registry_path(service: TaskService) -> str | None:
 
 
 def _installed(service: TaskService) -> dict[str, str]:
-    captioner = service.captioner
-    cache_dir = None if captioner.cache_dir is None else os.fspath(captioner.cache_dir)
-    return installed_models(registry=_registry_path(service), cache_dir=cache_dir)
+    return name_table(service)
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def check_model(name: object, service: TaskService) -> RequestedModel:
         return RequestedModel(name, swap)
     installed = installed_model_ids(service)
     raise UnknownModelError(
-        f"Model {name[:80]!r} is not on this machine. Installed: {', '.join(installed[:8])}; "
+        f"Model {quoted(name)} is not on this machine. Installed: {', '.join(installed[:8])}; "
         f"{installed[0]} is loaded (also called {', '.join(resident_names(service)[1:4])}). "
         "Name one of these, or download another with `llava-edge pull VARIANT`.",
         code="modelNotFound",
@@ -119,14 +117,6 @@ def _swap_target(name: str, service: TaskService) -> str | None:
     if target is None or target == service.captioner.model_name:
         return None
     return None if installed_files(target, service).model_path == service.captioner.files.model_path else target
-
-
-def installed_files(name: str, service: TaskService) -> ModelFiles:
-    """The files of an installed model, found without loading, downloading or building anything."""
-    captioner = service.captioner
-    if name == captioner.model_name:
-        return captioner.files
-    return model_files(name, registry=captioner.registry, cache_dir=captioner.cache_dir, offline=True)
 
 
 def _lowered(names: list[str]) -> set[str]:

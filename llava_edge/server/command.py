@@ -42,11 +42,13 @@ from llava_edge.command_options import ModelLoad, runtime_options
                    "follow-up answers (about 360 MB per 672x672 image on the 7B model; 0 keeps only the last).")
 @click.option("--allow-host", "host_names", metavar="NAME", multiple=True,
               help="A Host name clients may use besides IP addresses and localhost (DNS-rebinding defence).")
+@click.option("--allow-pull", is_flag=True,
+              help="Let clients download models through /api/pull on a non-loopback bind without a key.")
 @runtime_options
 def serve_command(host: str | None, port: int | None, api_key: str | None, max_queue: int | None,
                   result_ttl: int | None, fetch_hosts: tuple[str, ...], no_fetch: bool, allow_private_fetch: bool,
                   shutdown_timeout: float | None, no_auth: bool, origins: tuple[str, ...],
-                  host_names: tuple[str, ...], prefix_cache_mb: int, load: ModelLoad) -> None:
+                  host_names: tuple[str, ...], prefix_cache_mb: int, allow_pull: bool, load: ModelLoad) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
     from llava_edge.server.settings import ServerSettings, normalise_host
 
@@ -57,17 +59,20 @@ def serve_command(host: str | None, port: int | None, api_key: str | None, max_q
                              "result_ttl": result_ttl, "shutdown_timeout": shutdown_timeout,
                              "fetch_hosts": allowed_hosts, "allow_private_fetch": allow_private_fetch,
                              "no_auth": no_auth, "allow_origins": frozenset(origins),
-                             "allow_hosts": frozenset(name.lower() for name in host_names)}
+                             "allow_hosts": frozenset(name.lower() for name in host_names),
+                             "offline": bool(load.offline), "allow_pull": allow_pull}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:
         from llava_edge.server.app import run_server
         from llava_edge.server.page import page_url
+        from llava_edge.server.request_log import show_server_logs
     except ImportError as err:
         raise click.ClickException(str(err)) from err
     if settings.no_auth:
         click.echo(f"llava-edge: WARNING: serving {settings.host} without a key (--no-auth): anyone who can reach "
                    "this address can caption and upload.", err=True)
+    show_server_logs()  # the model's load time, then refusals, swaps and unloads
     captioner = load.with_runtime(prefix_cache_bytes=prefix_cache_mb * 2**20).load()
     root = f"{settings.host}:{settings.port}/v1"
     click.echo(f"llava-edge: {captioner.model_name} loaded; serving http://{root} and ws://{root}", err=True)

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from llava_edge.server.families import error_body, quoted
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.settings import ServerSettings, is_loopback
 
 Scope = MutableMapping[str, Any]
@@ -93,8 +95,8 @@ class HostPolicy:
         if name is None or self._allowed(name):
             return
         raise Refusal(403, "invalidHost",
-                      f"Host {name[:100]!r} is not served here. Reach the server by its IP address or localhost, or "
-                      f"have the operator allow the name with --allow-host {name[:100]}.")
+                      f"Host {quoted(name)} is not served here. Reach the server by its IP address or localhost, or "
+                      f"have the operator allow the name with --allow-host {quoted(name)}.")
 
     def _allowed(self, name: str) -> bool:
         if _is_ip(name) or name == "localhost" or name.endswith(".localhost") or name in self.allowed:
@@ -109,8 +111,8 @@ def check_origin(origin: str | None, scope: Scope, host_header: str, allowed: fr
     if origin != "null" and (_same_origin(origin, scope, host_header) or _origin_key(origin) in _keys(allowed)):
         return
     raise Refusal(403, "invalidOrigin",
-                  f"Requests from the web page at {origin[:100]!r} are refused. If you trust that page, the "
-                  f"operator can allow it with --allow-origin {origin[:100]}.")
+                  f"Requests from the web page at {quoted(origin)} are refused. If you trust that page, the "
+                  f"operator can allow it with --allow-origin {quoted(origin)}.")
 
 
 def check_json_content_type(content_type: str) -> None:
@@ -164,22 +166,14 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
+    note_refusal(refusal.code, refusal.message)
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})  # answered 403 by uvicorn
         return
-    body = json.dumps(_error_body(scope["path"], refusal)).encode()
+    body = json.dumps(error_body(scope["path"], refusal.status, refusal.code, refusal.message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if refusal.status == 503:
         headers.append((b"retry-after", b"2"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
-
-def _error_body(path: str, refusal: Refusal) -> dict[str, Any]:
-    """The refusal in the error shape of the API the path belongs to: Ollama, OpenAI or Runware."""
-    if path.startswith("/api/"):
-        return {"error": refusal.message}
-    if path.startswith(("/v1/chat/", "/v1/models")):
-        return {"error": {"message": refusal.message, "type": "invalid_request_error", "param": None,
-                          "code": refusal.code}}
-    return {"errors": [{"code": refusal.code, "message": refusal.message}]}

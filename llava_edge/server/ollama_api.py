@@ -29,13 +29,12 @@ from llava_edge.server.chat import (
     authenticate_request,
     check_model,
     first_and_rest,
-    installed_files,
-    installed_model_ids,
     quantization_of,
-    resident_names,
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt
+from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
 from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
 from llava_edge.server.sampling_fields import OLLAMA_SAMPLERS, generation_options
@@ -69,15 +68,14 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
         entry = _model_entry(service, requested.swap or service.captioner.model_name)
         return JSONResponse({"modelfile": "", "parameters": "", "template": service.captioner.files.template,
                              "details": entry["details"], "model_info": {"general.architecture": "llama"},
-                             "capabilities": ["completion", "vision"], "modified_at": entry["modified_at"]})
+                             "capabilities": list(CAPABILITIES), "modified_at": entry["modified_at"]})
 
     async def version() -> Response:
         return JSONResponse({"version": OLLAMA_COMPATIBLE_VERSION, "llava_edge": __version__})
 
     async def running(request: Request) -> Response:
         return _guarded(request, service, lambda: {"models": [
-            {**_model_entry(service, service.captioner.model_name), "expires_at": "0001-01-01T00:00:00Z",
-             "size_vram": 0}]})
+            {**_tag(service, installed_list(service)[0]), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}]})
 
     async def root() -> Response:
         return PlainTextResponse("Ollama is running")
@@ -94,6 +92,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
 def ollama_error(error: LlavaEdgeError) -> JSONResponse:
     """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
     status = status_for(error, "ollama")
+    note_refusal(error.code, error.message)
     return JSONResponse({"error": error.message}, status_code=status,
                         headers=retry_headers(status))
 
@@ -235,13 +234,15 @@ def _model_entry(service: TaskService, name: str) -> dict[str, Any]:
 
 
 def _tags(service: TaskService) -> list[dict[str, Any]]:
-    """The installed models (the resident one first), then the resident one under its Ollama-style names
-    (``llava:7b``): clients that look for the name they were configured with find it."""
-    installed = installed_model_ids(service)
-    tagged = [name for name in resident_names(service) if ":" in name and name not in installed]
-    resident = _model_entry(service, installed[0])
-    return [_model_entry(service, name) for name in installed] + [{**resident, "name": name, "model": name}
-                                                                   for name in tagged]
+    """One entry per installed model under its Ollama name, the resident one first; the other names that pick
+    it are its ``aliases``."""
+    return [_tag(service, model) for model in installed_list(service)]
+
+
+def _tag(service: TaskService, model: InstalledModel) -> dict[str, Any]:
+    entry = _model_entry(service, model.id)
+    return {**entry, "name": model.tag, "model": model.tag, "aliases": list(model.aliases),
+            "capabilities": list(CAPABILITIES)}
 
 
 def _guarded(request: Request, service: TaskService, answer: Any) -> Response:

@@ -28,11 +28,11 @@ from llava_edge.server.chat import (
     authenticate_request,
     check_model,
     first_and_rest,
-    installed_model_ids,
-    resident_names,
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
+from llava_edge.server.model_listing import CAPABILITIES, installed_list
 from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
+from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
 from llava_edge.server.sampling_fields import OPENAI_SAMPLERS, generation_options
@@ -78,19 +78,17 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
 
 
 def _model_list(service: TaskService) -> list[dict[str, Any]]:
-    """The installed models (the resident one first; ``resident`` says which is loaded), then the other
-    names of the resident one (its aliases and Ollama-style names)."""
-    installed = installed_model_ids(service)
-    entry: dict[str, Any] = {"object": "model", "created": 0, "owned_by": "llava-edge"}
-    models = [{"id": name, **entry, "resident": index == 0} for index, name in enumerate(installed)]
-    others = [name for name in resident_names(service) if name not in installed]
-    return models + [{"id": name, **entry} for name in others]
+    """One entry per installed model, the resident one first (``resident`` says which is loaded); the other
+    names that pick it are its ``aliases``."""
+    return [{"id": model.id, "object": "model", "created": 0, "owned_by": "llava-edge", "resident": model.resident,
+             "aliases": list(model.aliases), "capabilities": list(CAPABILITIES)} for model in installed_list(service)]
 
 
 def openai_error(error: LlavaEdgeError) -> JSONResponse:
     """An error in OpenAI's shape and status."""
     status = status_for(error, "openai")
     headers = retry_headers(status)
+    note_refusal(error.code, error.message)
     return JSONResponse(openai_error_body(error), status_code=status, headers=headers)
 
 

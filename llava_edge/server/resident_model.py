@@ -7,6 +7,7 @@ new one fail to load, the previous one is loaded again and the error is that cal
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,6 +58,9 @@ class ResidentModel:
     def __init__(self, captioner: Captioner, settings: ServerSettings):
         self.settings = settings
         self.captioner = fetching_from(captioner, settings)
+        self.start_model = captioner.model_name
+        """The model ``serve`` loaded: the generic names (``llava``, ``llava:7b``) mean it."""
+        self.start_files = captioner.files
         self._loaded_here: Captioner | None = None
         """A model loaded by a swap: ``close`` frees it (the caller's own model is the caller's to close)."""
 
@@ -91,7 +95,9 @@ class ResidentModel:
         previous.close()
         try:
             loaded = previous.another(model)
-        except LlavaEdgeError:
+        except LlavaEdgeError as err:
+            _log.warning("swap to %s failed after %.1f s: %s; loading %s again", model, time.perf_counter() - began,
+                         json.dumps(err.message[:300]), previous.model_name)
             self._install(previous.another(previous.model_name))
             raise
         self._install(loaded)

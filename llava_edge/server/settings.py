@@ -82,6 +82,11 @@ class ServerSettings:
     """Tasks one WebSocket may have running; its further frames wait (backpressure) until one finishes."""
     auth_failures_per_minute: int = 10
     """Failed key attempts per client address per minute; beyond it the client is answered 429."""
+    offline: bool = False
+    """Started with ``--offline``: ``/api/pull`` downloads nothing (nor does anything else)."""
+    allow_pull: bool = False
+    """Let ``/api/pull`` download on a non-loopback bind without a key (``--no-auth``); with a key it needs the
+    key, on loopback it is allowed."""
 
     def check(self) -> None:
         """Refuse settings that would expose the model or break the server.

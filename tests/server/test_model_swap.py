@@ -46,14 +46,16 @@ def ask(question: str = "Describe this image.") -> list[dict[str, object]]:
     return [{"role": "user", "content": [{"type": "text", "text": question}, image]}]
 
 
-def test_installed_models_are_listed_resident_first(server: LiveServer) -> None:
+def test_installed_models_are_listed_once_each_resident_first(server: LiveServer) -> None:
     models = httpx.get(f"{server.http}/v1/models").json()["data"]
-    tags = [model.model for model in ollama.Client(host=server.http).list().models]
+    tags = httpx.get(f"{server.http}/api/tags").json()["models"]
 
-    variants = [(model["id"], model["resident"]) for model in models if "resident" in model]
-    assert variants[0] == (TINY, True) and (SMALL, False) in variants
-    assert tags[0] == TINY and SMALL in tags and "llava:7b" in tags
-    assert "llava" in [model["id"] for model in models]  # the resident one under its other names
+    assert [(model["id"], model["resident"]) for model in models] == [(TINY, True), (SMALL, False)]
+    assert [model.model for model in ollama.Client(host=server.http).list().models] == [TINY, SMALL]
+    for listing in (models, tags):  # the generic names are the start model's aliases, not more models
+        assert "llava:7b" in listing[0]["aliases"] and "runware:150@2" in listing[0]["aliases"]
+        assert "llava" not in listing[1]["aliases"]
+        assert all(entry["capabilities"] == ["completion", "vision"] for entry in listing)
 
 
 def test_naming_another_installed_model_swaps_it_in(server: LiveServer) -> None:
@@ -71,15 +73,14 @@ def test_naming_another_installed_model_swaps_it_in(server: LiveServer) -> None:
         before.describe(encode_image(), "Hi")
 
 
-def test_an_ollama_alias_keeps_the_resident_model_and_the_other_name_swaps_back(server: LiveServer) -> None:
+def test_a_generic_name_means_the_start_model_and_swaps_it_back(server: LiveServer) -> None:
     client = ollama.Client(host=server.http)
     client.generate(model=SMALL, prompt="Hi", images=[encode_image()], options={"num_predict": 2})
+    assert [model.model for model in client.list().models] == [SMALL, TINY]
 
-    client.generate(model="llava:7b", prompt="Hi", images=[encode_image()], options={"num_predict": 2})
-    assert server.service.captioner.model_name == SMALL  # llava:7b names whatever is resident
-
-    reply = client.generate(model=TINY, prompt="Hi", images=[encode_image()], options={"num_predict": 2})
-    assert reply.done and server.service.captioner.model_name == TINY
+    reply = client.generate(model="llava:7b", prompt="Hi", images=[encode_image()], options={"num_predict": 2})
+    assert reply.done and server.service.captioner.model_name == TINY  # llava:7b names the start model
+    assert reply.model == "llava:7b"
     assert client.show(SMALL).details is not None and client.show(SMALL).details.quantization_level == "unknown"
 
 

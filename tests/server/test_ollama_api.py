@@ -62,7 +62,9 @@ def test_tags_show_version_and_ps(serve: Callable[..., LiveServer]) -> None:
     server = serve()
     client = ollama.Client(host=server.http)
     names = [model.model for model in client.list().models]
-    assert names[0] == server.service.captioner.model_name and "llava:7b" in names
+    assert names[0] == server.service.captioner.model_name and len(names) == len(set(names))
+    first = httpx.get(f"{server.http}/api/tags").json()["models"][0]
+    assert "llava:7b" in first["aliases"] and first["capabilities"] == ["completion", "vision"]
     shown = client.show("llava")
     assert shown.capabilities is not None and set(shown.capabilities) == {"completion", "vision"}
     assert shown.details is not None and shown.details.format == "gguf"

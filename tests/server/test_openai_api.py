@@ -70,7 +70,9 @@ def test_models_are_listed(serve: Callable[..., LiveServer]) -> None:
     server = serve()
     models = openai.OpenAI(base_url=f"{server.http}/v1", api_key="x").models.list()
     names = [model.id for model in models]
-    assert names[0] == server.service.captioner.model_name and "llava" in names
+    assert names[0] == server.service.captioner.model_name and len(names) == len(set(names))
+    assert "llava" not in names and "llava" in models.data[0].model_extra["aliases"]  # type: ignore[index]
+    assert models.data[0].model_extra["capabilities"] == ["completion", "vision"]  # type: ignore[index]
 
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",

@@ -132,7 +132,9 @@ def test_an_image_gets_the_greedy_caption_the_api_gives(server: Server, tab: Cal
     assert shown and shown == api_answer(live, [first_message(prompt, image)])
     assert card.locator(".stage").text_content().startswith("Done")
     meta = card.locator(".meta").first.text_content()
-    assert re.fullmatch(r"first token \d+\.\d\d s · \d+\.\d\d s in all · \d+ tokens", meta or ""), meta
+    model = re.escape(live.service.captioner.model_name)
+    pattern = rf"{model} · first token \d+\.\d\d s · \d+\.\d\d s in all · \d+ tokens"
+    assert re.fullmatch(pattern, meta or ""), meta
     assert card.locator(".answer").first.get_attribute("aria-live") == "polite"
 
 
@@ -167,7 +169,7 @@ def test_a_follow_up_is_answered_from_the_cached_image(server: Server, tab: Call
     assert encodes == []  # the image prefix came from the cache
     answers = card.locator(".answer").all_text_contents()
     assert card.locator(".question").nth(1).text_content() == "What colours stand out?"
-    assert re.match(r"first token \d+\.\d\d s", card.locator(".meta").nth(1).text_content())
+    assert re.search(r" · first token \d+\.\d\d s", card.locator(".meta").nth(1).text_content())
     history = [first_message(view.page.input_value("#prompt"), image), {"role": "assistant", "content": answers[0]},
                {"role": "user", "content": "What colours stand out?"}]
     assert answers[1] == api_answer(live, history)
@@ -351,12 +353,16 @@ def test_choosing_another_installed_model_swaps_it_in(tab: Callable[..., Tab], t
         selector = view.page.locator("#model")
         selector.wait_for()
         assert other in [option.get_attribute("value") for option in selector.locator("option").all()]
+        assert view.page.locator("#server-line").text_content().startswith(f"Model {captioner.model_name},")
         selector.select_option(other)
         view.add(picture(tmp_path, "swap.png"))
-        view.wait_done("swap.png")
+        card = view.wait_done("swap.png")
 
         assert any(kind == "stage" and text.startswith("Loading the model") for kind, text in view.changes())
         assert httpx.get(f"{live.http}/health").json()["model"] == other
+        assert card.locator(".meta").first.text_content().startswith(f"{other} · ")  # which model answered
+        view.page.locator("#server-line", has_text=f"Model {other},").wait_for()  # the header follows the swap
+        assert selector.locator("option:checked").text_content() == f"{other} (loaded)"
     finally:
         live.stop()
         captioner.close()

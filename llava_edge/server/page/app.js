@@ -125,32 +125,50 @@
     }
   }
 
-  async function loadModels() {
-    let data;
+  /* The installed models, one entry each; null (and the header says why) when they cannot be listed. */
+  async function listModels() {
     try {
       const response = await request("/v1/models");
       if (!response.ok) throw new HttpError(response.status, await errorMessage(response));
-      data = (await response.json()).data || [];
+      const data = (await response.json()).data || [];
+      return data.filter((entry) => entry && typeof entry === "object" && typeof entry.id === "string");
     } catch (error) {
       $("server-line").textContent = `Could not list the models: ${describe(error)}`;
-      return;
+      return null;
     }
-    const variants = data.filter((entry) => entry && typeof entry === "object" && "resident" in entry);
-    const resident = variants.find((entry) => entry.resident === true);
-    state.model = (resident || data[0] || {id: "llava"}).id;
-    if (variants.length > 1) {
+  }
+
+  async function loadModels() {
+    const models = await listModels();
+    if (models === null) return;
+    const resident = models.find((entry) => entry.resident === true);
+    state.model = (resident || models[0] || {id: "llava"}).id;
+    if (models.length > 1) {
       const select = $("model");
-      for (const entry of variants) {
+      for (const entry of models) {
         const option = document.createElement("option");
         option.value = entry.id;
-        option.textContent = entry.resident ? `${entry.id} (loaded)` : entry.id;
         select.append(option);
       }
       select.value = state.model;
       select.addEventListener("change", () => { state.model = select.value; });
       $("model-field").hidden = false;
     }
-    $("server-line").textContent = `Model ${state.model}, running on this machine: the images never leave it.`;
+    showResident(models);
+  }
+
+  /* The header and the model choices say which model is loaded now (a request may have swapped another in). */
+  function showResident(models) {
+    const resident = models.find((entry) => entry.resident === true) || models[0] || {id: state.model};
+    $("server-line").textContent = `Model ${resident.id}, running on this machine: the images never leave it.`;
+    for (const option of $("model").options) {
+      option.textContent = option.value === resident.id ? `${option.value} (loaded)` : option.value;
+    }
+  }
+
+  async function followResident() {
+    const models = await listModels();
+    if (models !== null) showResident(models);
   }
 
   // ---- images and their turns ----------------------------------------------------------------
@@ -218,7 +236,8 @@
 
   function ask(item, question) {
     const node = $("turn-template").content.firstElementChild.cloneNode(true);
-    const turn = {question, prompt: question, answer: "", status: "queued", model: "", detail: item.detail,
+    const turn = {question, prompt: question, answer: "", status: "queued", model: "", answeredBy: "",
+      detail: item.detail,
       firstTokenS: null, totalS: null, usage: null, finishReason: null,
       el: {node, answer: node.querySelector(".answer"), meta: node.querySelector(".meta")}};
     node.querySelector(".question").textContent = question;
@@ -255,6 +274,7 @@
     item.retryable = true;
     showError(item, "");
     turn.answer = "";
+    turn.answeredBy = "";
     turn.el.answer.textContent = "";
     turn.el.answer.setAttribute("aria-busy", "true");
     updateButtons(item);
@@ -275,6 +295,7 @@
       if (!turn.finishReason) throw new HttpError(0, "The answer stopped early. Press Try again.");
       turn.totalS = (performance.now() - started) / 1000;
       finishTurn(item, turn);
+      await followResident();
     } catch (error) {
       if (error.name === "AbortError") {
         turn.status = "stopped";
@@ -301,6 +322,7 @@
     }
     if (data.error) throw new HttpError(500, data.error.message || "The caption failed.", data.error.code || "");
     if (data.usage) turn.usage = data.usage;
+    if (data.model) turn.answeredBy = data.model;
     const choice = data.choices && data.choices[0];
     if (!choice) return;
     const piece = choice.delta && choice.delta.content;
@@ -357,7 +379,9 @@
     turn.status = "done";
     const tokens = turn.usage ? ` · ${turn.usage.completion_tokens} tokens` : "";
     const first = turn.firstTokenS === null ? "" : `first token ${turn.firstTokenS.toFixed(2)} s · `;
-    turn.el.meta.textContent = `${first}${turn.totalS.toFixed(2)} s in all${tokens}`;
+    const model = turn.answeredBy || turn.model;
+    turn.el.meta.textContent = `${model} · ${first}${turn.totalS.toFixed(2)} s in all${tokens}`;
+    turn.el.node.dataset.model = model;
     setStage(item, turn.finishReason === "length" ? "Done (cut at the token limit)" : "Done");
     $("announce").textContent = `Answer ready for ${item.name}.`;
   }

@@ -16,12 +16,21 @@ from llava_edge.errors import ConflictTaskUUIDError, LlavaEdgeError, TaskNotFoun
 
 @dataclass(frozen=True)
 class Outcome:
-    """The answer to one task: a ``data`` item, or an ``errors`` item with the error behind it."""
+    """The answer to one task: a ``data`` item, or an ``errors`` item with the error behind it.
+
+    The error is kept ``detached``: outcomes outlive their caption (a Runware result for the task's ttl, a chat
+    failure until its answer is sent), and an error with its traceback would keep that caption's frames alive,
+    decoded pictures included.
+    """
 
     item: dict[str, Any]
     error: LlavaEdgeError | None = None
     result: Any = None
     """For a chat call (OpenAI, Ollama): the ``CaptionResult`` with its timings."""
+
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            detached(self.error)
 
     @classmethod
     def failure(cls, error: LlavaEdgeError) -> Outcome:
@@ -38,6 +47,16 @@ class Outcome:
     def with_status(self) -> Outcome:
         """The item as ``getResponse`` and deliveries show a finished task: with ``status``."""
         return Outcome({**self.item, "status": "success" if self.ok else "error"}, self.error)
+
+
+def detached(error: BaseException) -> BaseException:
+    """``error`` without what ties it to the code that raised it, for keeping: its traceback (whose frames hold
+    their locals: image bytes, decoded pictures) and the exceptions it was raised from or while handling (each
+    with a traceback of its own). The message, code and fields stay. Returns the same error."""
+    error.__traceback__ = None
+    error.__cause__ = None  # also sets __suppress_context__
+    error.__context__ = None
+    return error
 
 
 _EXPIRY_SLACK = 64

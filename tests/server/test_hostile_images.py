@@ -2,12 +2,18 @@
 
 * A caption that fails after decoding (a huge canvas that overflows the context) keeps nothing of its picture:
   the outcome the server keeps holds the error without its traceback.
+* Metadata that makes the decoder raise (a garbage ``eXIf`` chunk) is the client's invalid image on every route,
+  never a 500.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import uuid
+import zlib
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import psutil
@@ -75,3 +81,72 @@ def test_a_kept_failure_holds_no_traceback(serve: Callable[..., LiveServer], mak
     kept = server.service.registry.lookup(str(task["taskUUID"]))
     assert kept is not None and kept.error is not None
     assert kept.error.__traceback__ is None and kept.error.__context__ is None and kept.error.__cause__ is None
+
+
+# -- a decoder that raises is the client's invalid image ---------------------------------------------
+
+
+def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """``png`` with an extra chunk (its CRC right) after IHDR."""
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    after_header = 8 + 25
+    return png[:after_header] + chunk + png[after_header:]
+
+
+GARBAGE_EXIF = [b"garbage!" * 4, b"Exif\x00\x00MM"]
+"""``eXIf`` bodies Pillow's EXIF reader raises on (``SyntaxError``) while the image is turned upright."""
+TRUNCATED_EXIF = b"MM\x00*\x00\x00\x00\x08\xff\xff"
+"""An ``eXIf`` body Pillow only warns about: the picture decodes (not turned), and is captioned."""
+
+
+def _runware(server: LiveServer, image: str) -> tuple[int, Any]:
+    answer = post(server, [caption_task(image)])
+    return answer.status_code, answer.json()["errors"][0]["code"]
+
+
+def _upload(server: LiveServer, image: str) -> tuple[int, Any]:
+    answer = post(server, [{"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()), "image": image}])
+    return answer.status_code, answer.json()["errors"][0]["code"]
+
+
+def _openai(server: LiveServer, image: str) -> tuple[int, Any]:
+    answer = overflowing_chat(server, image)
+    return answer.status_code, answer.json()["error"]["code"]
+
+
+def _ollama(server: LiveServer, image: str) -> tuple[int, Any]:
+    body = {"model": "llava", "prompt": "Describe it.", "images": [image.split(",", 1)[1]], "stream": False}
+    answer = httpx.post(f"{server.http}/api/generate", json=body, timeout=30)
+    return answer.status_code, answer.json()["error"][:len(CORRUPT)]
+
+
+def _ollama_chat(server: LiveServer, image: str) -> tuple[int, Any]:
+    body = {"model": "llava", "stream": False,
+            "messages": [{"role": "user", "content": "Describe it.", "images": [image.split(",", 1)[1]]}]}
+    answer = httpx.post(f"{server.http}/api/chat", json=body, timeout=30)
+    return answer.status_code, answer.json()["error"][:len(CORRUPT)]
+
+
+def _page_xmp(server: LiveServer, image: str) -> tuple[int, Any]:
+    body = {"caption": "A photo.", "prompt": "Describe it.", "model": "llava", "image": image}
+    answer = httpx.post(f"{server.http}/page/xmp", json=body, timeout=30)
+    return answer.status_code, answer.json()["error"]["code"]
+
+
+CORRUPT = "The image is corrupt or truncated"
+ROUTES = {"runware": _runware, "imageUpload": _upload, "openai": _openai, "ollama-generate": _ollama,
+          "ollama-chat": _ollama_chat, "page-xmp": _page_xmp}
+EXPECTED = {route: CORRUPT if route.startswith("ollama") else "invalidInputsImage" for route in ROUTES}
+"""The error each route answers: its API's code for an invalid image (Ollama's errors are a message only)."""
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_garbage_exif_chunk_is_an_invalid_image_on_every_route(
+    serve: Callable[..., LiveServer], make_image: Callable[..., bytes], route: str,
+) -> None:
+    server = serve()
+    for garbage in GARBAGE_EXIF:
+        image = data_uri(with_chunk(make_image(40, 30), b"eXIf", garbage))
+        assert ROUTES[route](server, image) == (400, EXPECTED[route]), garbage
+    warned = post(server, [caption_task(data_uri(with_chunk(make_image(40, 30), b"eXIf", TRUNCATED_EXIF)))])
+    assert warned.status_code == 200 and warned.json()["data"][0]["text"]

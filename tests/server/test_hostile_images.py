@@ -2,6 +2,8 @@
 
 * A caption that fails after decoding (a huge canvas that overflows the context) keeps nothing of its picture:
   the outcome the server keeps holds the error without its traceback.
+* An animated GIF of many 23-byte frames on a big canvas costs one frame's work, on the caption routes and on
+  ``/page/xmp`` (whose pixel hash reads the first frame only), and does not hold up a shutdown.
 * Metadata that makes the decoder raise (a garbage ``eXIf`` chunk) is the client's invalid image on every route,
   never a 500.
 """
@@ -9,7 +11,9 @@
 from __future__ import annotations
 
 import io
+import signal
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Callable
@@ -18,10 +22,14 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image
 from support.images import data_uri
-from support.servers import LiveServer, ServeProcess, caption_task, post
+from support.servers import LiveServer, ServeProcess, caption_task, post, wait_until
 
+from llava_edge.photos.pixels import pixel_hash
+
+SHUTDOWN_GUARD_S = 30
+"""A hang guard, over 10x the 2 s shutdown deadline plus the page work in hand (one frame each)."""
 CANVAS = 6000
 """A solid 6000x6000 PNG: about 120 KB to send, 137 MiB decoded (Pillow keeps RGB in 4 bytes a pixel)."""
 
@@ -150,3 +158,79 @@ def test_a_garbage_exif_chunk_is_an_invalid_image_on_every_route(
         assert ROUTES[route](server, image) == (400, EXPECTED[route]), garbage
     warned = post(server, [caption_task(data_uri(with_chunk(make_image(40, 30), b"eXIf", TRUNCATED_EXIF)))])
     assert warned.status_code == 200 and warned.json()["data"][0]["text"]
+
+
+# -- many frames cost one -------------------------------------------------------------------------------
+
+
+def many_frame_gif(canvas: int, frames: int) -> bytes:
+    """A GIF whose first frame fills a ``canvas`` square and whose ``frames`` further frames are 1x1 pixels, 23
+    bytes each: Pillow composes every frame onto the whole canvas, so each one costs a canvas to decode."""
+    buffer = io.BytesIO()
+    first = Image.new("P", (canvas, canvas), 0)
+    first.putpalette([0, 0, 0, 255, 0, 0])
+    first.save(buffer, format="GIF")
+    still = buffer.getvalue()
+    one_pixel = (b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control: 1/100 s
+                 + b"\x2c" + struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00"  # a 1x1 image at the corner
+                 + b"\x02\x02\x4c\x01\x00")  # LZW: one pixel of colour 1
+    return still[:-1] + one_pixel * frames + b";"
+
+
+@pytest.fixture
+def frames_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every GIF frame Pillow positions itself at in this process (decoding it, or only reading its header)."""
+    seen: list[int] = []
+    original = GifImagePlugin.GifImageFile._seek
+
+    def recording(self: GifImagePlugin.GifImageFile, frame: int, update_image: bool = True) -> None:
+        seen.append(frame)
+        original(self, frame, update_image)
+
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "_seek", recording)
+    return seen
+
+
+def test_a_many_frame_gif_costs_one_frame_on_every_route(serve: Callable[..., LiveServer],
+                                                        frames_read: list[int]) -> None:
+    server = serve()
+    animation = many_frame_gif(64, 20_000)  # 460 KB
+    image = data_uri(animation, "image/gif")
+    body = {"caption": "A photo.", "prompt": "Describe it.", "model": "llava", "image": image}
+
+    packet = httpx.post(f"{server.http}/page/xmp", json=body, timeout=60)
+    caption = post(server, [caption_task(image)])
+
+    assert packet.status_code == 200 and caption.status_code == 200, (packet.text, caption.text)
+    first_alone = many_frame_gif(64, 0)
+    assert f"<llavaedge:contentHash>{pixel_hash(first_alone)}<" in packet.text  # only the first frame counts
+    assert frames_read and set(frames_read) == {0}, f"{len(frames_read)} frames read, up to {max(frames_read)}"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_while_many_frame_gifs_are_being_hashed(
+    serve_process: Callable[..., ServeProcess],
+) -> None:
+    """Before, each request hashed 300 canvases of 36 MP (~0.35 s each) in the loop's executor, and the process
+    waited for them at exit: SIGTERM with --shutdown-timeout 2 did not stop it in 45 s."""
+    server = serve_process("--shutdown-timeout", "2")
+    body = {"caption": "A photo.", "prompt": "Describe it.", "model": "llava",
+            "image": data_uri(many_frame_gif(CANVAS, 300), "image/gif")}
+    answers: list[int] = []
+
+    def ask() -> None:
+        try:
+            answers.append(httpx.post(f"{server.http}/page/xmp", json=body, timeout=60).status_code)
+        except httpx.TransportError:
+            answers.append(0)  # the server went away first
+
+    clients = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+    for client in clients:
+        client.start()
+    process = psutil.Process(server.process.pid)
+    wait_until(lambda: len([c for c in process.net_connections() if c.status == psutil.CONN_ESTABLISHED]) >= 3)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(SHUTDOWN_GUARD_S) == 0, server.output[-2000:]
+    for client in clients:
+        client.join(10)
+    assert len(answers) == 3 and set(answers) <= {200, 0}, answers

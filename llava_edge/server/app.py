@@ -406,7 +406,7 @@ def _add_resources(app: FastAPI, service: TaskService) -> None:
         try:
             path = _stored_image(service, name)
         except InvalidImageError as err:
-            return JSONResponse({"errors": [err.to_runware()]}, status_code=404)
+            return JSONResponse({"errors": [Outcome.failure(err).item]}, status_code=404)
         return FileResponse(path, media_type=_IMAGE_TYPES[path.suffix[1:]])
 
 

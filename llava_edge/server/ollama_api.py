@@ -41,6 +41,7 @@ from llava_edge.server.chat import (
     quantization_of,
     resident_names,
 )
+from llava_edge.server.public_errors import for_client
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import ollama_structure
 from llava_edge.server.task_results import Outcome
@@ -99,7 +100,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
 def ollama_error(error: LlavaEdgeError) -> JSONResponse:
     """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
     status = error_status(error)
-    return JSONResponse({"error": error.message}, status_code=status,
+    return JSONResponse({"error": for_client(error).message}, status_code=status,
                         headers={"Retry-After": "2"} if status in (429, 503) else None)
 
 

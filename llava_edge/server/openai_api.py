@@ -37,6 +37,7 @@ from llava_edge.server.chat import (
     parse_stop,
     resident_names,
 )
+from llava_edge.server.public_errors import for_client
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.response_format import openai_structure
 from llava_edge.server.task_results import Outcome
@@ -103,8 +104,8 @@ def openai_error(error: LlavaEdgeError) -> JSONResponse:
 
 def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": error.message, "type": _STATUS_TYPES.get(error_status(error), "invalid_request_error"),
-                      "param": error.parameter, "code": error.code}}
+    kind = _STATUS_TYPES.get(error_status(error), "invalid_request_error")
+    return {"error": {"message": for_client(error).message, "type": kind, "param": error.parameter, "code": error.code}}
 
 
 def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:

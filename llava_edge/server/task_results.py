@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llava_edge.errors import ConflictTaskUUIDError, LlavaEdgeError, TaskNotFoundError
+from llava_edge.server.public_errors import for_client, public_message
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class Outcome:
 
     The error is kept ``detached``: outcomes outlive their caption (a Runware result for the task's ttl, a chat
     failure until its answer is sent), and an error with its traceback would keep that caption's frames alive,
-    decoded pictures included.
+    decoded pictures included. Its message is the one a client may see (``public_errors.for_client``: file names,
+    no folders), in the error and in the item.
     """
 
     item: dict[str, Any]
@@ -30,11 +32,13 @@ class Outcome:
 
     def __post_init__(self) -> None:
         if self.error is not None:
-            detached(self.error)
+            for_client(detached(self.error))
+            if isinstance(self.item.get("message"), str):
+                self.item["message"] = public_message(self.item["message"])
 
     @classmethod
     def failure(cls, error: LlavaEdgeError) -> Outcome:
-        return cls(error.to_runware(), error)
+        return cls(for_client(error).to_runware(), error)
 
     @property
     def ok(self) -> bool:
@@ -49,7 +53,7 @@ class Outcome:
         return Outcome({**self.item, "status": "success" if self.ok else "error"}, self.error)
 
 
-def detached(error: BaseException) -> BaseException:
+def detached(error: LlavaEdgeError) -> LlavaEdgeError:
     """``error`` without what ties it to the code that raised it, for keeping: its traceback (whose frames hold
     their locals: image bytes, decoded pictures) and the exceptions it was raised from or while handling (each
     with a traceback of its own). The message, code and fields stay. Returns the same error."""

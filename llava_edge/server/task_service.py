@@ -369,10 +369,9 @@ class TaskService:
                                                    cancelled=job.abandoned))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
-        except Exception as err:
+        except Exception:  # its text stays in the log: it may name the server's files
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-            return failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
-                            job.request)
+            return failure(internal_error(job.request.task_type, job.request.task_uuid), job.request)
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from llava_edge.errors import ImageStoreError, InvalidImageError, ServerConfigEr
 from llava_edge.paths import data_dir
 from llava_edge.schema import is_uuid4
 
+_log = logging.getLogger("llava_edge.image_store")
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 _STORED_NAME = re.compile(r"^(?P<uuid>[0-9a-f-]{36})\.(?:png|jpg|webp|gif|bmp|bin)$")
 _TEMP_PREFIX = ".upload-"
@@ -172,9 +174,11 @@ class ImageStore:
     def _check_free_space(self, incoming: int) -> None:
         free = shutil.disk_usage(self.root).free
         if free - incoming < self.min_free_bytes:
+            _log.warning("image store %s: %.0f MiB free, uploads must leave %.0f MiB", self.root, free / 2**20,
+                         self.min_free_bytes / 2**20)
             raise ImageStoreError(
-                f"Not enough free disk space to store the image: {free / 2**20:.0f} MiB free on {self.root}, and "
-                f"uploads must leave {self.min_free_bytes / 2**20:.0f} MiB. Nothing was stored. Send the image "
+                f"Not enough free disk space to store the image: {free / 2**20:.0f} MiB free in the image store, "
+                f"and uploads must leave {self.min_free_bytes / 2**20:.0f} MiB. Nothing was stored. Send the image "
                 "inline (a data URI or base64) instead, or ask the operator to free disk space."
             )
 
@@ -192,8 +196,9 @@ class ImageStore:
             if temp_name is not None:
                 Path(temp_name).unlink(missing_ok=True)
             full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            _log.warning("image store %s: writing %s failed: %s", self.root, target.name, err)
             raise ImageStoreError(
-                f"Could not store the image in {self.root}: {err.strerror or err}. Nothing was stored. "
+                f"Could not store the image: {err.strerror or type(err).__name__}. Nothing was stored. "
                 + ("Free disk space, or send the image inline (a data URI or base64)." if full else
                    "Check that the image store directory is writable, or send the image inline.")
             ) from err

@@ -16,7 +16,8 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,31 +108,54 @@ def read_image_bytes(source: ImageInput, *, limits: ImageLimits, store: ImageSto
 
 
 def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Decode encoded image bytes (PNG, JPEG, WEBP, GIF, BMP) into RGB, within the pixel limit."""
+    """Decode encoded image bytes (PNG, JPEG, WEBP, GIF, BMP) into RGB, within the pixel limit.
+
+    Raises:
+        InvalidImageError: for anything the bytes make the decoder raise, from the header to the EXIF orientation.
+    """
     if not data:
         raise InvalidImageError("The image is empty (0 bytes).")
     if data.startswith(_PNG_SIGNATURE):
         _check_png_crcs(data)
+    with decoding(data):
+        image = Image.open(io.BytesIO(data))
+        _check_format(image)
+        _check_pixels(image, limits)
+        image.seek(0)
+        image.load()
+        return _to_rgb(image, owned=True)
+
+
+@contextmanager
+def decoding(data: bytes | None = None) -> Iterator[None]:
+    """Where Pillow reads untrusted pixels or metadata: whatever it raises becomes an ``InvalidImageError``
+    (Pillow's plugins raise ``SyntaxError``, ``struct.error``, ``IndexError``... on crafted files, EXIF
+    included), so a bad image is always the client's 4xx, never a server error. ``MemoryError`` stays what it
+    is. ``data``: the bytes, to say what they look like when they are no image at all. A warning about corrupt
+    metadata is no error (the picture still decodes); a decompression-bomb warning is."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_format(image)
-            _check_pixels(image, limits)
-            image.seek(0)
-            image.load()
-    except InvalidImageError:
+            yield
+    except (InvalidImageError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InvalidImageError(f"The image is too large to decode safely: {err}") from err
     except UnidentifiedImageError as err:
+        seen = _what_it_looks_like(data) if data is not None else "no known image format"
         raise InvalidImageError(
-            f"The data is not an image Pillow can read ({_what_it_looks_like(data)}). Send PNG, JPEG or WEBP.",
+            f"The data is not an image Pillow can read ({seen}). Send PNG, JPEG or WEBP.",
             code="unsupportedImageFormat",
         ) from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise InvalidImageError(f"The image is corrupt or truncated: {err}.") from err
-    return _to_rgb(image, owned=True)
+    except Exception as err:  # any decoder failure is the image's fault (see the docstring)
+        raise InvalidImageError(f"The image is corrupt or truncated: {_reason(err)}.") from err
+
+
+def _reason(err: Exception) -> str:
+    """A decoder's complaint, short; its class name when it says nothing."""
+    text = str(err).strip()[:200]
+    return text or type(err).__name__
 
 
 def _what_it_looks_like(data: bytes) -> str:
@@ -150,7 +174,8 @@ def _what_it_looks_like(data: bytes) -> str:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Upright, first-frame, 8-bit RGB: EXIF orientation applied, alpha composited on white. The image given
     is left as it was."""
-    return _to_rgb(image, owned=False)
+    with decoding():
+        return _to_rgb(image, owned=False)
 
 
 def decode_memory(mode: str, size: tuple[int, int], *, transparent: bool = False) -> int:
@@ -169,8 +194,7 @@ _Conversion = tuple[Callable[[Image.Image], Image.Image], int]
 def _to_rgb(image: Image.Image, *, owned: bool) -> Image.Image:
     """``to_rgb``. ``owned``: nobody else holds ``image`` (a fresh decode), so it is turned upright in place
     and closed as soon as its converted copy exists; at most two full-size copies are alive at once."""
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
+    image.seek(0)  # not ``n_frames``: counting a GIF's frames reads every frame header (~7 us each, 23 bytes each)
     if owned:
         ImageOps.exif_transpose(image, in_place=True)
     else:

@@ -33,6 +33,7 @@ from llava_edge.server.chat import (
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt
 from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
+from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
 from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
@@ -93,8 +94,7 @@ def ollama_error(error: LlavaEdgeError) -> JSONResponse:
     """An error as Ollama answers it: ``{"error": "..."}`` with the status."""
     status = status_for(error, "ollama")
     note_refusal(error.code, error.message)
-    return JSONResponse({"error": error.message}, status_code=status,
-                        headers=retry_headers(status))
+    return JSONResponse({"error": for_client(error).message}, status_code=status, headers=retry_headers(status))
 
 
 async def _answer(request: Request, service: TaskService, *, chat: bool) -> Response:

@@ -31,6 +31,7 @@ from llava_edge.server.chat import (
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
+from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
 from llava_edge.server.request_log import note_refusal
 from llava_edge.server.resident_model import ChatCall
@@ -95,8 +96,8 @@ def openai_error(error: LlavaEdgeError) -> JSONResponse:
 def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}``."""
     kind = _STATUS_TYPES.get(status_for(error, "openai"), "invalid_request_error")
-    return {"error": {"message": error.message, "type": kind,
-                      "param": error.parameter, "code": error.code}}
+    return {"error": {"message": for_client(error).message, "type": kind, "param": error.parameter,
+                      "code": error.code}}
 
 
 def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, str, bool]:

@@ -33,6 +33,7 @@ from llava_edge.photos.writer import caption_packet
 from llava_edge.photos.xmp_packet import Marker
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import authenticate_request
+from llava_edge.server.image_reading import in_daemon_thread
 from llava_edge.server.openai_api import openai_error
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ _HEADERS = {
     "Cache-Control": "no-cache",
 }
 _MAX_TEXT_CHARS = 20_000
+XMP_AT_ONCE = 2
+"""``/page/xmp`` requests whose image is decoded and hashed at the same time; the others wait their turn."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,16 @@ def add_page_routes(app: FastAPI, service: TaskService) -> None:
             return Response("Not found", status_code=404, media_type="text/plain", headers=_HEADERS)
         return Response(files.static[name], media_type=PAGE_FILES[name], headers=_HEADERS)
 
+    decoding = asyncio.Semaphore(XMP_AT_ONCE)
+
     async def xmp(request: Request) -> Response:
         try:
             authenticate_request(request, service)
             fields = await read_json_object(request, service.settings.max_body_bytes)
-            packet = await asyncio.to_thread(sidecar_for, fields, service)
+            async with decoding:
+                if await request.is_disconnected():  # gone while it waited: nobody wants the packet
+                    return Response(status_code=204, headers=_HEADERS)
+                packet = await in_daemon_thread(sidecar_for, fields, service)  # never delays the process's exit
         except LlavaEdgeError as err:
             return openai_error(err)
         return Response(packet, media_type="application/rdf+xml", headers=_HEADERS)
@@ -130,7 +138,9 @@ def add_page_routes(app: FastAPI, service: TaskService) -> None:
 
 def sidecar_for(fields: dict[str, Any], service: TaskService) -> bytes:
     """The XMP sidecar for a caption made on the page; with ``image`` (a data URI) its marker carries the
-    pixels' hash, so ``llava-edge caption --xmp-sidecar`` later skips the image as already described.
+    pixels' hash, so ``llava-edge caption --xmp-sidecar`` later skips the image as already described. The work is
+    bounded by the first frame, whatever the image holds: it is checked against the server's limits and
+    decoded, then hashed (``pixel_hash`` reads no other frame), so a client that leaves leaves at most that.
 
     Raises:
         InvalidRequestError: a field is missing or of the wrong type, or the caption is empty.

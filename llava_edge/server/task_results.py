@@ -12,20 +12,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from llava_edge.errors import ConflictTaskUUIDError, LlavaEdgeError, TaskNotFoundError
+from llava_edge.server.public_errors import for_client, public_message
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The answer to one task: a ``data`` item, or an ``errors`` item with the error behind it."""
+    """The answer to one task: a ``data`` item, or an ``errors`` item with the error behind it.
+
+    The error is kept ``detached``: outcomes outlive their caption (a Runware result for the task's ttl, a chat
+    failure until its answer is sent), and an error with its traceback would keep that caption's frames alive,
+    decoded pictures included. Its message is the one a client may see (``public_errors.for_client``: file names,
+    no folders), in the error and in the item.
+    """
 
     item: dict[str, Any]
     error: LlavaEdgeError | None = None
     result: Any = None
     """For a chat call (OpenAI, Ollama): the ``CaptionResult`` with its timings."""
 
+    def __post_init__(self) -> None:
+        if self.error is not None:
+            for_client(detached(self.error))
+            if isinstance(self.item.get("message"), str):
+                self.item["message"] = public_message(self.item["message"])
+
     @classmethod
     def failure(cls, error: LlavaEdgeError) -> Outcome:
-        return cls(error.to_runware(), error)
+        return cls(for_client(error).to_runware(), error)
 
     @property
     def ok(self) -> bool:
@@ -38,6 +51,16 @@ class Outcome:
     def with_status(self) -> Outcome:
         """The item as ``getResponse`` and deliveries show a finished task: with ``status``."""
         return Outcome({**self.item, "status": "success" if self.ok else "error"}, self.error)
+
+
+def detached(error: LlavaEdgeError) -> LlavaEdgeError:
+    """``error`` without what ties it to the code that raised it, for keeping: its traceback (whose frames hold
+    their locals: image bytes, decoded pictures) and the exceptions it was raised from or while handling (each
+    with a traceback of its own). The message, code and fields stay. Returns the same error."""
+    error.__traceback__ = None
+    error.__cause__ = None  # also sets __suppress_context__
+    error.__context__ = None
+    return error
 
 
 _EXPIRY_SLACK = 64

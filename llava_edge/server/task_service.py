@@ -161,11 +161,13 @@ class TaskService:
 
     def health(self) -> dict[str, Any]:
         live, kept = self.registry.counts()
+        with self._lock:
+            waiting = self._waiting()
         status = "ok" if self._worker.is_alive() else "stopped"
         return {
             "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
-            "queueDepth": self._waiting(),
+            "queueDepth": waiting,
             "queueLimit": self.settings.max_queue,
             "running": self._running is not None,
             "liveTasks": live,
@@ -175,9 +177,9 @@ class TaskService:
         }
 
     def _waiting(self) -> int:
-        """Admitted caption tasks not running yet (reading their image or queued)."""
-        with self._lock:
-            return len(self._jobs) - (self._running is not None)
+        """Admitted caption tasks not running yet (reading their image or queued), under the lock. The running job
+        counts off only while it is one of them: a drain completes it before the model is done with it."""
+        return len(self._jobs) - (self._running in self._jobs)
 
     def _drain(self) -> None:
         """Wait until every admitted caption is done or the deadline passes; then fail the rest."""
@@ -285,8 +287,7 @@ class TaskService:
             self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
         job = _Job(raw, request, chat)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
-            waiting = len(self._jobs) - (self._running is not None)
-            if self._draining.is_set() or waiting >= self.settings.max_queue:
+            if self._draining.is_set() or self._waiting() >= self.settings.max_queue:
                 refused = ServerBusyError(
                     "The server is shutting down; send the task again when it is back." if self._draining.is_set()
                     else f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
@@ -369,10 +370,9 @@ class TaskService:
                                                    cancelled=job.abandoned))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
-        except Exception as err:
+        except Exception:  # its text stays in the log: it may name the server's files
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-            return failure(LlavaEdgeError(f"Internal error while captioning: {type(err).__name__}: {err}"),
-                            job.request)
+            return failure(internal_error(job.request.task_type, job.request.task_uuid), job.request)
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

@@ -5,6 +5,7 @@ events the page streams (opt-in, so OpenAI clients see the plain stream)."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -17,6 +18,7 @@ import pytest
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, ServeProcess
 
+from llava_edge.batch.outputs import _FORMULA_START as CSV_FORMULA_START
 from llava_edge.photos.pixels import pixel_hash
 from llava_edge.photos.xmp_packet import DC, LLAVA_EDGE, RDF
 from llava_edge.server.page import PAGE_FILES, PageFiles, page_url
@@ -85,6 +87,17 @@ def test_the_page_loads_in_under_100_kb() -> None:
 
     assert shipped == {"index.html", *PAGE_FILES}
     assert PageFiles.load().size < 100 * 1024
+
+
+def test_the_csv_download_guards_formulas_by_the_batch_csv_s_rule() -> None:
+    """The page's CSV and ``caption --out x.csv`` prefix ``'`` to the same first characters (the browser test
+    downloads one and reads it back)."""
+    script = PageFiles.load().static["app.js"].decode()
+    found = re.search(r"const FORMULA_START = /\^\[(?P<chars>[^\]]+)\]/;", script)
+    assert found is not None, "app.js no longer defines FORMULA_START"
+    escapes = {"\\-": "-", "\\t": "\t", "\\r": "\r"}
+    chars = set(re.sub(r"\\.", lambda escape: escapes[escape.group()], found["chars"]))
+    assert chars == set(CSV_FORMULA_START)
 
 
 def test_page_files_are_served_by_name_only(serve: Callable[..., LiveServer]) -> None:

@@ -305,6 +305,17 @@ def test_results_are_copied_and_downloaded_as_jsonl_csv_and_xmp(server: Server, 
     assert f"<llavaedge:model>{live.service.captioner.model_name}</llavaedge:model>" in packet
 
 
+def test_the_csv_download_holds_no_formula(server: Server, tab: Callable[..., Tab], tmp_path: Path) -> None:
+    view, names = tab(server()), ["=SUM(1,2).png", "+1.png", "-1.png", "@A1.png", "'q.png", "plain.png"]
+    view.page.fill("#prompt", formula := '=HYPERLINK("http://example.invalid")')  # the user's text, like the names
+    view.add(*(picture(tmp_path, name) for name in names))
+    for name in names:
+        view.wait_done(name)
+    table = list(csv.DictReader(io.StringIO(download(view, "#download-csv"))))
+    assert {row["file_name"] for row in table} == {name if name == "plain.png" else f"'{name}" for name in names}
+    assert {(row["prompt"], row["turn"]) for row in table} == {(f"'{formula}", "1")}  # numbers stay as they are
+
+
 def download(view: Tab, button: str) -> str:
     with view.page.expect_download() as started:
         view.page.click(button)

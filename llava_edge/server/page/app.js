@@ -501,8 +501,14 @@
     return seconds === null ? null : Math.round(seconds * 1000) / 1000;
   }
 
+  // The batch CSV's rule (CsvWriter): a text cell a spreadsheet could run as a formula (= + - @, a tab or a carriage
+  // return first) gets a ' in front, and so does one that begins with '; drop one leading ' to get the value back.
+  // Numbers are written as they are.
+  const FORMULA_START = /^[=+\-@\t\r']/;
+
   function csvCell(value) {
-    const text = value === null || value === undefined ? "" : String(value);
+    let text = value === null || value === undefined ? "" : String(value);
+    if (typeof value === "string" && FORMULA_START.test(text)) text = `'${text}`;
     return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
   }
 

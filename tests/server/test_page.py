@@ -18,7 +18,7 @@ import pytest
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, ServeProcess
 
-from llava_edge.batch.outputs import _FORMULA_START as CSV_FORMULA_START
+from llava_edge.batch.record_files import _FORMULA_START as CSV_FORMULA_START
 from llava_edge.photos.pixels import pixel_hash
 from llava_edge.photos.xmp_packet import DC, LLAVA_EDGE, RDF
 from llava_edge.server.page import PAGE_FILES, PageFiles, page_url

@@ -142,3 +142,18 @@ def test_photoprism_openai_engine_speaks_the_responses_api(serve: Callable[..., 
     assert response["status"] in ("completed", "incomplete")
     if response["status"] == "completed":
         jsonschema.validate(json.loads(response["output"][0]["content"][0]["text"]), PHOTOPRISM_LABELS)
+
+
+def test_langchain_chat_models_over_both_apis(serve: Callable[..., LiveServer], png: bytes) -> None:
+    from langchain_core.messages import HumanMessage
+    from langchain_ollama import ChatOllama
+    from langchain_openai import ChatOpenAI
+
+    server = serve()
+    message = HumanMessage(content=[{"type": "text", "text": "Describe this image."},
+                                    {"type": "image_url", "image_url": {"url": data_uri(png)}}])
+    over_openai = ChatOpenAI(base_url=f"{server.http}/v1", api_key="unused", model="llava",  # type: ignore[arg-type]
+                             max_completion_tokens=8, temperature=0)
+    over_ollama = ChatOllama(base_url=server.http, model="llava", num_predict=8, temperature=0)
+    assert over_openai.invoke([message]).content
+    assert over_ollama.invoke("Name a colour.").content

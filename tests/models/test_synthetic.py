@@ -230,7 +230,6 @@ def test_mtmd_image_token_counts(tiny_probe: dict[str, Any], size: str, expected
 
 def test_caption_runs_end_to_end(tiny_probe: dict[str, Any]) -> None:
     assert tiny_probe["n_generated"] == 8
-    assert tiny_probe["caption_seconds"] < 5.0
 
 
 def test_kquant_small_is_q4_k_m_and_runs(tmp_path: Path) -> None:
@@ -295,15 +294,13 @@ _PROBE = textwrap.dedent(
     handler = Llava16ChatHandler(clip_model_path=mmproj, verbose=False)
     llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=2, chat_handler=handler, verbose=False)
     url = "file://" + images[-1][2]
-    start = time.perf_counter()
     reply = llm.create_chat_completion(
         messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe this image."}]}],
         max_tokens=8, temperature=0.0,
     )
-    seconds = time.perf_counter() - start
     print(json.dumps({
-        "pieces": pieces, "image_tokens": counts, "caption_seconds": seconds,
+        "pieces": pieces, "image_tokens": counts,
         "n_generated": reply["usage"]["completion_tokens"], "caption": reply["choices"][0]["message"]["content"],
     }))
     """

@@ -22,6 +22,7 @@ from llava_edge.models.catalog import builtin_registry_path, load_registry
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "llava_edge"
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [("<import>",), ("--help",), ("models",), ("models", "--json"), ("info", "--json")])
 def test_commands_that_do_not_caption_never_import_llama_cpp(args: tuple[str, ...]) -> None:
     report = run_cli_probe(*args)
@@ -29,6 +30,7 @@ def test_commands_that_do_not_caption_never_import_llama_cpp(args: tuple[str, ..
     assert report == {"code": 0, "llama_cpp": False}
 
 
+@pytest.mark.slow
 def test_info_still_reports_the_backend_from_a_child_process() -> None:
     done = subprocess.run([sys.executable, "-m", "llava_edge", "info", "--json"], capture_output=True, text=True,
                           timeout=180, check=True)

@@ -167,6 +167,7 @@ _BOMB_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="measures with the POSIX resource module")
 def test_decompression_bombs_are_refused_in_bounded_time_and_memory(make_image: ImageFactory, tmp_path: Path) -> None:
     for name, data in _bombs(make_image).items():

@@ -234,6 +234,7 @@ def test_mmproj_that_llama_cpp_would_crash_on(
     expect_refused(tiny_files.model_path, bad, bad, fragment)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="measures with the POSIX resource module")
 def test_big_model_header_is_read_without_touching_tensor_data(tmp_path: Path) -> None:
     """A real-shape Mistral-7B f16 header (32,000-token vocabulary, 291 tensors) over 14.5 GB of sparse data."""

@@ -157,6 +157,7 @@ def test_killed_build_leaves_nothing_that_looks_valid(tmp_path: Path) -> None:
     assert files.model_path.stat().st_size > 100_000
 
 
+@pytest.mark.slow
 def test_concurrent_builds_agree(tmp_path: Path) -> None:
     code = ("import sys; from llava_edge.models.synthetic import build_synthetic_pair as b; "
             "b('tiny', cache_dir=sys.argv[1])")
@@ -232,6 +233,7 @@ def test_caption_runs_end_to_end(tiny_probe: dict[str, Any]) -> None:
     assert tiny_probe["n_generated"] == 8
 
 
+@pytest.mark.slow
 def test_kquant_small_is_q4_k_m_and_runs(tmp_path: Path) -> None:
     files = build_synthetic_pair("kquant-small", cache_dir=tmp_path / "a", quantize=quantize_gguf)
     again = build_synthetic_pair("kquant-small", cache_dir=tmp_path / "b", quantize=quantize_gguf)

@@ -19,6 +19,8 @@ from llava_edge.models.synthetic import build_synthetic_pair
 from llava_edge.runtime.quantize import quantize_gguf
 from llava_edge.server.settings import ServerSettings
 
+pytestmark = pytest.mark.slow
+
 OPTIONS = GenerationOptions(max_tokens=6, temperature=0.0)
 TINY, SMALL = "synthetic-tiny", "synthetic-kquant-small"
 

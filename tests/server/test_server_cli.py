@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from support.images import data_uri
 from support.servers import ServeProcess, caption_task
+
+pytestmark = pytest.mark.slow
 
 SERVE = [sys.executable, "-m", "llava_edge", "serve"]
 

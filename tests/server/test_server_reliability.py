@@ -40,6 +40,8 @@ from llava_edge import Captioner
 from llava_edge.errors import ServerConfigError
 from llava_edge.server.settings import ServerSettings, check_api_key, normalise_host
 
+pytestmark = pytest.mark.slow
+
 LOAD_CLIENT = Path(__file__).parents[1] / "support" / "load_client.py"
 
 

@@ -1,17 +1,17 @@
 """Shared fixtures: the real tiny synthetic model pair, a session Captioner, and image factories.
 
-Synthetic models are cached outside the repo (``~/.cache/llava-edge/synthetic`` or
-``$LLAVA_EDGE_CACHE``), so only the first run builds them.
+Tests write only to temporary folders and to the checkout's git-ignored ``.test-cache/``, where built
+synthetic models and test venvs persist between runs (``$LLAVA_EDGE_TEST_CACHE`` moves it). The user's
+``~/.cache/llava-edge``, data folder and Hugging Face cache are never touched.
 """
 
 from __future__ import annotations
 
-import os
+from support.sandbox import isolate_session_environment
 
-# huggingface_hub reads these once, at import: set them before anything imports it, so no test ever
-# reaches for the real hub (its telemetry registry fetch included).
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+# Set before anything imports huggingface_hub (it reads its variables once, at import), and in
+# os.environ itself so that every subprocess a test starts (the CLI, ``llava-edge serve``) inherits it.
+isolate_session_environment()
 
 from collections.abc import Callable, Iterator
 from pathlib import Path

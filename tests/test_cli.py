@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support.images import ImageFactory
+
+pytestmark = pytest.mark.slow
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -88,6 +88,7 @@ def test_too_little_free_disk_is_refused_and_nothing_is_left(tmp_path: Path, mak
     assert full.put(make_image(12, 12)) == kept  # bytes already kept need no space
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 def test_a_write_that_fills_the_disk_leaves_no_partial_file(tmp_path: Path) -> None:
     """The child may write at most 4,096 bytes per file (RLIMIT_FSIZE: writes past it fail as on a full disk)."""

@@ -157,7 +157,7 @@ def test_404_at_an_image_url(web: str) -> None:
 def test_endless_url_body_stops_at_the_deadline(web: str) -> None:
     started = time.monotonic()
     expect_error(f"{web}/endless", "longer than 1 s", transfer=TransferLimits(deadline=1.0))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10 * 1.0  # hang guard: the body never ends
 
 
 def test_endless_url_body_stops_at_the_size_cap(web: str) -> None:

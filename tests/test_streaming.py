@@ -32,7 +32,7 @@ SMALL_BATCHES = replace(ONE_THREAD, n_batch=64, n_ubatch=64)
 """Many prefill batches per tile, so there is a "between two batches" to stop at."""
 
 
-@pytest.fixture(scope="module", params=["tiny", "kquant-small"])
+@pytest.fixture(scope="module", params=["tiny", pytest.param("kquant-small", marks=pytest.mark.slow)])
 def model_files(request: pytest.FixtureRequest) -> ModelFiles:
     return build_synthetic_pair(request.param, quantize=quantize_gguf)
 

@@ -42,6 +42,7 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]  # every line must parse
 
 
+@pytest.mark.slow
 def test_folder_to_jsonl_then_a_rerun_does_nothing(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "captions.jsonl"
     first = subprocess.run(caption_command(str(folder), "--out", str(out)), check=False, capture_output=True, text=True,

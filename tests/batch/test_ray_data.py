@@ -4,14 +4,19 @@ actor, and results equal to the single-process path with the same seed."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from support.images import ImageFactory
+from support.ray_local import local_ray
+from support.servers import wait_until
 
 from llava_edge import Captioner, GenerationOptions, RuntimeOptions, caption_many
 from llava_edge.batch.ray_data import caption_dataset  # imports ray only when called, so no skip is needed first
@@ -30,12 +35,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray instance for this module; its GCS address lets a CLI process join it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False) as address:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield address
 
 
 @pytest.fixture
@@ -98,3 +100,60 @@ def test_cli_on_the_ray_cluster_writes_the_same_jsonl_and_resumes(
 
 def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "timings"}
+
+
+RAY_THEN_SLEEP = '''
+import os, pathlib, time
+import pytest
+from support.ray_local import local_ray
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False) as address:
+        yield address
+
+def test_uses_ray(cluster):
+    import ray
+    assert ray.get(ray.put(7)) == 7
+
+def test_waits_to_be_stopped(cluster):
+    import psutil
+    helpers = [str(child.pid) for child in psutil.Process().children(recursive=True)]
+    pathlib.Path(os.environ["READY_FILE"]).write_text(" ".join(helpers))
+    time.sleep(600)
+
+def test_would_run_next(cluster):
+    time.sleep(600)
+'''
+
+
+def test_sigterm_stops_a_test_run_while_ray_is_up(tmp_path: Path) -> None:
+    """With a Ray instance up, SIGTERM stops pytest, whose teardown shuts Ray down. Ray's own handler would
+    turn it into ``SystemExit`` in the running test: one failed test, then the run goes on (or aborts)."""
+    script, ready, log = tmp_path / "test_ray_then_sleep.py", tmp_path / "ready", tmp_path / "pytest.log"
+    script.write_text(RAY_THEN_SLEEP)
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "READY_FILE": str(ready),
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(script)],
+                                   cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: ready.exists() or process.poll() is not None, timeout=300)
+        assert ready.exists(), log.read_text()
+        helpers = [psutil.Process(int(pid)) for pid in ready.read_text().split()]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == pytest.ExitCode.INTERRUPTED, log.read_text()  # the tests left sleep 20 min
+        assert "KeyboardInterrupt" in log.read_text() and "1 passed" in log.read_text()
+        wait_until(lambda: not any(_running(helper) for helper in helpers), timeout=60)  # Ray was shut down
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(15)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -19,6 +19,8 @@ from support.tools import PHOTOS_INSTALL, exiftool, require_module
 from llava_edge.cli import main
 from llava_edge.structured import PHOTO_SCHEMA
 
+pytestmark = pytest.mark.slow
+
 TINY = ("--model", "synthetic-tiny", "--seed", "3", "--temperature", "1", "--threads", "1")
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 6},
                                            "n": {"type": "integer"}},

@@ -99,6 +99,7 @@ def _mtmd_binary() -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
+@pytest.mark.slow
 def test_mtmd_cli_runs_for_real_on_the_tiny_model(tiny_files: ModelFiles, tmp_path: Path) -> None:
     binary = _mtmd_binary()
     if binary is None:
@@ -133,6 +134,7 @@ def tiny_report() -> BenchReport:
     return run_benchmark(configs, measure_bandwidth=False, busy_cores=None)
 
 
+@pytest.mark.slow
 def test_every_stage_is_measured(tiny_report: BenchReport) -> None:
     default = tiny_report.result(DEFAULTS)
     assert default is not None
@@ -150,6 +152,7 @@ def test_every_stage_is_measured(tiny_report: BenchReport) -> None:
     assert "followup_first_token_s" not in low.summary
 
 
+@pytest.mark.slow
 def test_follow_up_reuses_the_image_prefix(tiny_report: BenchReport) -> None:
     default = tiny_report.result(DEFAULTS)
     assert default is not None
@@ -159,6 +162,7 @@ def test_follow_up_reuses_the_image_prefix(tiny_report: BenchReport) -> None:
         assert sample["followup"]["image_encode_s"] == 0
 
 
+@pytest.mark.slow
 def test_outputs_are_written(tiny_report: BenchReport, tmp_path: Path) -> None:
     paths = write_outputs(tiny_report, tmp_path, "tiny")
     document = json.loads(paths["json"].read_text())
@@ -218,6 +222,7 @@ def test_sweep_changes_one_setting_at_a_time() -> None:
     assert [config.runtime for config in configs] == [{}, {"repack": True}]
 
 
+@pytest.mark.slow
 def test_bench_command_writes_table_json_and_chart(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [
         "bench", "--model", "synthetic-tiny", "--image-size", "336x336", "--runs", "1", "--warmup", "0",
@@ -244,6 +249,7 @@ BENCH_TINY = ["bench", "--model", "synthetic-tiny", "--image-size", "336x336", "
               "--no-bandwidth", "--busy-cores", "64"]
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_a_one_line_error_not_a_traceback(tmp_path: Path) -> None:
     """The child worker cannot fit max_tokens in n_ctx 512: the command says so and what to try, exit 1."""
     result = CliRunner().invoke(main, [*BENCH_TINY, "--max-tokens", "600", "--n-ctx", "512", "--out", str(tmp_path)])

@@ -185,6 +185,7 @@ def test_a_single_cut_is_resumed_within_the_same_call(
     assert files.model_path.read_bytes() == data
 
 
+@pytest.mark.slow
 def test_killed_process_is_resumed_by_the_next_process(
     hub: HubServer, registry: Path, tiny_files: ModelFiles
 ) -> None:
@@ -214,6 +215,7 @@ def test_killed_process_is_resumed_by_the_next_process(
     assert files.model_path.read_bytes() == data
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_leaves_no_file_taken_for_a_good_one(
     hub: HubServer, registry: Path, tiny_files: ModelFiles
 ) -> None:
@@ -556,6 +558,7 @@ def test_list_variants_marks_default_and_auto(monkeypatch: pytest.MonkeyPatch) -
     assert rows["Q8_0"].memory_bytes > rows["Q3_K_XS"].memory_bytes
 
 
+@pytest.mark.slow
 def test_cli_pull_never_imports_llama_cpp(hub: HubServer, registry: Path) -> None:
     """A broken or missing llama-cpp-python build cannot stop a download."""
     report = run_cli_probe("pull", "tiny-q4", "--registry", str(registry), "--quiet", env={"HF_HUB_OFFLINE": "0"})

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,8 @@ def rewrite(
 
 def expect_refused(model: Path, mmproj: Path, bad: Path, *fragments: str) -> ModelFileError:
     """check_model_pair refuses the pair; the message names the bad file and says each fragment."""
-    started = time.perf_counter()
     with pytest.raises(ModelFileError) as caught:
         check_model_pair(model, mmproj)
-    assert time.perf_counter() - started < 2
     message = str(caught.value)
     assert str(bad) in message
     for fragment in fragments:
@@ -237,6 +234,7 @@ def test_mmproj_that_llama_cpp_would_crash_on(
     expect_refused(tiny_files.model_path, bad, bad, fragment)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="measures with the POSIX resource module")
 def test_big_model_header_is_read_without_touching_tensor_data(tmp_path: Path) -> None:
     """A real-shape Mistral-7B f16 header (32,000-token vocabulary, 291 tensors) over 14.5 GB of sparse data."""
@@ -258,21 +256,18 @@ def test_big_model_header_is_read_without_touching_tensor_data(tmp_path: Path) -
     assert path.stat().st_size > 14e9
     code = textwrap.dedent(
         """
-        import sys, time
+        import sys
         from llava_edge.host.process import peak_rss_bytes
         from llava_edge.models.file_check import check_text_model
         before = peak_rss_bytes()
-        started = time.perf_counter()
         check_text_model(sys.argv[1])
-        print(time.perf_counter() - started, (peak_rss_bytes() - before) / 2**20)
+        print((peak_rss_bytes() - before) / 2**20)
         """
     )
     result = subprocess.run([sys.executable, "-c", code, str(path)], check=False, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    seconds, grown_mib = map(float, result.stdout.split())
-    assert seconds < 1.0  # measured 0.03 s (gguf.GGUFReader: 2.6 s)
-    assert grown_mib < 16  # measured under 1 MiB
+    assert float(result.stdout) < 16  # MiB; measured under 1 MiB: the tensor data was never read
 
 
 # --- what llama.cpp does without the check ---------------------------------------------------------------

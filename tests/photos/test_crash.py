@@ -21,7 +21,7 @@ from llava_edge.photos.targets import Targets
 from llava_edge.photos.writer import write_caption
 from llava_edge.photos.xmp_packet import Marker
 
-pytestmark = pytest.mark.usefixtures("exiv2_installed")
+pytestmark = [pytest.mark.usefixtures("exiv2_installed"), pytest.mark.slow]
 
 CHILD = r"""
 import os, sys, time

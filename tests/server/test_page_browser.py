@@ -26,6 +26,8 @@ from llava_edge.models.catalog import ModelFiles
 from llava_edge.photos.pixels import pixel_hash
 from llava_edge.server.settings import ServerSettings
 
+pytestmark = pytest.mark.slow
+
 KEY = "sixteen-char-key-0"
 Server = Callable[..., LiveServer]
 

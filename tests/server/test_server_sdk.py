@@ -2,7 +2,7 @@
 
 ``runware`` 0.5.24 (legacy: WebSocket, uploads a local file with imageUpload first) and ``runware-sdk``
 1.8.0 (WebSocket and REST, ``deliveryMethod: "async"`` by default) install the same import name, so
-each gets its own venv, built once and cached under ``~/.cache/llava-edge/test-venvs/<pkg>-<version>``
+each gets its own venv, built once and cached in the test cache, ``.test-cache/test-venvs/<pkg>-<version>``
 (``$LLAVA_EDGE_TEST_VENVS`` overrides). The client scripts in ``tests/sdk_clients/`` only set the URL.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from support.images import data_uri
+from support.sandbox import persistent_cache_dir
 from support.servers import LiveServer
 
 from llava_edge import Captioner
@@ -34,7 +35,7 @@ PROMPT = "Describe this image in one sentence."
 
 def venv_root() -> Path:
     explicit = os.environ.get("LLAVA_EDGE_TEST_VENVS")
-    return Path(explicit) if explicit else Path.home() / ".cache" / "llava-edge" / "test-venvs"
+    return Path(explicit) if explicit else persistent_cache_dir() / "test-venvs"
 
 
 def sdk_python(which: str) -> Path:

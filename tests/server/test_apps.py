@@ -15,6 +15,7 @@ import jsonschema
 import ollama
 import openai
 import pytest
+from support.app_schemas import PHOTOPRISM_LABELS
 from support.images import data_uri
 from support.servers import LiveServer
 
@@ -44,16 +45,7 @@ HA_AI_TASK_SCHEMA = {  # AI Task's selectors as core's selector_serializer write
     "required": ["people", "camera", "colours"],
     "additionalProperties": False,
 }
-PHOTOPRISM_LABELS = {  # internal/ai/vision/schema/labels.go
-    "type": "object",
-    "properties": {"labels": {"type": "array", "items": {
-        "type": "object",
-        "properties": {"name": {"type": "string", "minLength": 1},
-                       "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                       "topicality": {"type": "number", "minimum": 0, "maximum": 1}},
-        "required": ["name", "confidence", "topicality"], "additionalProperties": False}, "default": []}},
-    "required": ["labels"], "additionalProperties": False,
-}
+
 
 
 @pytest.fixture

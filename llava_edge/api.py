@@ -273,7 +273,7 @@ class Captioner:
             limits = replace(self.image_limits, allow_paths=allow_local_files)
             source = task.image if image is None else image
             events = self.stream(source, task.prompt, detail=task.detail, options=self._options_for(task),
-                                 limits=limits)
+                                 limits=limits, image_tokens=task.image_tokens, token_selection=task.token_selection)
             result = _finished(events, cancelled).result
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task.task_type

@@ -10,7 +10,8 @@ and carries the request's ``taskType`` and ``taskUUID``. The answer is always
 ``{"taskType": "imageCaption", "taskUUID": ..., "text": ...[, "cost": ...]}``.
 
 Besides the Runware fields, a few llava-edge extensions are accepted (Runware has no equivalent):
-``detail`` ("auto" | "low" | "high"), ``maxTokens``, ``temperature``, ``topP``, ``seed``.
+``detail`` ("auto" | "low" | "high"), ``imageTokens`` (an image token budget, with ``tokenSelection``:
+"diverse" | "pooled" | "uniform"), ``maxTokens``, ``temperature``, ``topP``, ``seed``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llava_edge.errors import InvalidRequestError
+from llava_edge.token_budget import SELECTIONS
 
 CAPTION_TASK_TYPES = ("caption", "imageCaption")
 RESPONSE_TASK_TYPE = "imageCaption"
@@ -38,7 +40,8 @@ _KNOWN_FIELDS = frozenset(
     {
         "taskType", "taskUUID", "model", "prompt", "template", "inputs", "inputImage", "inputImages",
         "deliveryMethod", "webhookURL", "uploadEndpoint", "includeCost", "outputType", "outputFormat",
-        "outputQuality", "ttl", "routing", "detail", "maxTokens", "temperature", "topP", "seed",
+        "outputQuality", "ttl", "routing", "detail", "imageTokens", "tokenSelection", "maxTokens", "temperature",
+        "topP", "seed",
     }
 )
 
@@ -63,6 +66,10 @@ class CaptionRequest:
     output_quality: int = 95
     ttl: int | None = None
     detail: str = "auto"
+    image_tokens: int | None = None
+    """At most this many image tokens fed (``None``: all of them); see ``Captioner.stream``."""
+    token_selection: str = "diverse"
+    """How ``image_tokens`` picks its tokens: diverse, pooled or uniform."""
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -106,6 +113,8 @@ def parse_caption_request(payload: Any) -> CaptionRequest:
         output_quality=fields.integer("outputQuality", 20, 99, default=95),
         ttl=fields.integer("ttl", 60, MAX_TTL_SECONDS, default=None),
         detail=fields.choice("detail", DETAIL_LEVELS, "auto"),
+        image_tokens=fields.integer("imageTokens", 1, None, default=None),
+        token_selection=fields.choice("tokenSelection", SELECTIONS, "diverse"),
         max_tokens=fields.integer("maxTokens", 1, MAX_TOKENS_LIMIT, default=None),
         temperature=fields.number("temperature", 0.0, 2.0),
         top_p=fields.number("topP", 0.0, 1.0, exclusive_low=True),

@@ -37,8 +37,8 @@ ERROR_CODE = re.compile(r"^(invalid|missing|unsupported|max)[A-Z][A-Za-z]*$")
 IMAGE_FIELDS = ("inputs", "inputs.image", "inputImage", "inputImages")
 KNOWN_FIELDS = (
     "taskType", "taskUUID", "model", "prompt", "template", "deliveryMethod", "webhookURL", "uploadEndpoint",
-    "includeCost", "outputType", "outputFormat", "outputQuality", "ttl", "routing", "detail", "maxTokens",
-    "temperature", "topP", "seed", *IMAGE_FIELDS,
+    "includeCost", "outputType", "outputFormat", "outputQuality", "ttl", "routing", "detail", "imageTokens",
+    "tokenSelection", "maxTokens", "temperature", "topP", "seed", *IMAGE_FIELDS,
 )
 PROMPT_FIELDS = ("prompt", "template")
 
@@ -94,6 +94,8 @@ VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "ttl": st.integers(60, 2**40),
     "routing": json_values,
     "detail": st.sampled_from(["auto", "low", "high"]),
+    "imageTokens": st.integers(1, 5000),
+    "tokenSelection": st.sampled_from(["diverse", "pooled", "uniform"]),
     "maxTokens": st.integers(1, 4096),
     "temperature": st.floats(0, 2),
     "topP": st.floats(0, 1, exclude_min=True),

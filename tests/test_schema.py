@@ -28,9 +28,10 @@ def test_current_shape_with_every_field() -> None:
             prompt="Describe it.", deliveryMethod="async", webhookURL="http://127.0.0.1:9/hook",
             uploadEndpoint="https://127.0.0.1/put", includeCost=True, outputType="dataURI", outputFormat="webp",
             outputQuality=20, ttl=60, routing={"provider": "x"}, detail="low", maxTokens=12, temperature=0,
-            topP=1, seed=3,
+            topP=1, seed=3, imageTokens=640, tokenSelection="pooled",
         )
     )
+    assert (request.image_tokens, request.token_selection) == (640, "pooled")
     assert (request.task_type, request.task_uuid, request.image, request.prompt) == (
         "caption", UUID, IMAGE, "Describe it."
     )
@@ -56,6 +57,7 @@ def test_defaults() -> None:
     assert (request.delivery_method, request.include_cost, request.output_type, request.output_format) == (
         "sync", False, "URL", "JPG")
     assert request.output_quality == 95 and request.ttl is None and request.detail == "auto"
+    assert request.image_tokens is None and request.token_selection == "diverse"
 
 
 def test_blank_prompt_means_default_prompt() -> None:
@@ -98,6 +100,12 @@ BROKEN = [
     ("ttl", current(ttl=59), "invalidTtl"),
     ("ttl", current(ttl="60"), "invalidTtl"),
     ("detail", current(detail="max"), "invalidDetail"),
+    ("imageTokens", current(imageTokens=0), "invalidImageTokens"),
+    ("imageTokens", current(imageTokens=64.5), "invalidImageTokens"),
+    ("imageTokens", current(imageTokens="640"), "invalidImageTokens"),
+    ("imageTokens", current(imageTokens=True), "invalidImageTokens"),
+    ("tokenSelection", current(imageTokens=640, tokenSelection="random"), "invalidTokenSelection"),
+    ("tokenSelection", current(tokenSelection=None), "invalidTokenSelection"),
     ("maxTokens", current(maxTokens=0), "invalidMaxTokens"),
     ("temperature", current(temperature=float("nan")), "invalidTemperature"),
     ("topP", current(topP=0), "invalidTopP"),

@@ -65,6 +65,10 @@ def photo_options(function: F) -> F:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--prompt", "-p", default=None, help="Instruction for the model (default: a detailed description).")
 @click.option("--detail", type=click.Choice(["auto", "low", "high"]), default="auto", show_default=True)
+@click.option("--image-tokens", type=click.IntRange(1), default=None, metavar="N",
+              help="Feed at most N image tokens per image, chosen from all its tiles (default: all).")
+@click.option("--token-selection", type=click.Choice(["diverse", "pooled", "uniform"]), default=None,
+              help="How --image-tokens picks its tokens (default: diverse).")
 @click.option("--max-tokens", type=click.IntRange(1), default=None)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None)
 @click.option("--seed", type=click.IntRange(0), default=None)
@@ -84,11 +88,11 @@ def photo_options(function: F) -> F:
               help="Answer with the built-in schema: photo (caption, alt_text, keywords, main_subjects).")
 @photo_options
 @runtime_options
-def caption_command(images: tuple[str, ...], prompt: str | None, detail: str, max_tokens: int | None,
-                    temperature: float | None, seed: int | None, as_json: bool, recursive: bool, out: str | None,
-                    out_format: str | None, sidecar: bool, ray_address: str | None, quiet: bool,
-                    json_schema: str | None, structured: str | None, photo_flags: PhotoFlags,
-                    load: ModelLoad) -> None:
+def caption_command(images: tuple[str, ...], prompt: str | None, detail: str, image_tokens: int | None,
+                    token_selection: str | None, max_tokens: int | None, temperature: float | None,
+                    seed: int | None, as_json: bool, recursive: bool, out: str | None, out_format: str | None,
+                    sidecar: bool, ray_address: str | None, quiet: bool, json_schema: str | None,
+                    structured: str | None, photo_flags: PhotoFlags, load: ModelLoad) -> None:
     """Caption IMAGES: files, folders, globs, URLs or data URIs.
 
     One image on a terminal shows a live line (CLIP tiles, prefill tokens, ETA), then the caption as it is
@@ -106,6 +110,8 @@ def caption_command(images: tuple[str, ...], prompt: str | None, detail: str, ma
 
     if out_format is not None and out is None:
         raise click.UsageError("--format is the format of --out; give --out too.")
+    if token_selection is not None and image_tokens is None:
+        raise click.UsageError("--token-selection picks the tokens --image-tokens keeps; give --image-tokens too.")
     found = discover_images(images, recursive=recursive)
     if not found:
         raise click.UsageError(f"No images found in {', '.join(images)}.")
@@ -115,7 +121,8 @@ def caption_command(images: tuple[str, ...], prompt: str | None, detail: str, ma
     flags = dataclasses.replace(photo_flags, sidecar=sidecar)
     photo = photo_options_for(flags, found, ray=ray_address is not None)
     sidecar = flags.plain_sidecar(photo)
-    job = CaptionJob(prompt, detail, GenerationOptions(**changes), schema, photo)
+    job = CaptionJob(prompt, detail, image_tokens=image_tokens, token_selection=token_selection,
+                     generation=GenerationOptions(**changes), schema=schema, photo=photo)
     to_files = out is not None or sidecar or photo is not None
     live = len(found) == 1 and not (to_files or as_json or quiet or ray_address) and _on_a_terminal()
     with stop_on_signals() as stop, open_sinks(found, out=out, out_format=out_format, sidecar=sidecar,
@@ -153,7 +160,8 @@ def _caption_all(found: list[str], sinks: Sinks, ray_address: str | None, job: C
         photo = None if job.photo is None else PhotoStep(job.photo, model=captioner.model_name, prompt=job.prompt,
                                                          structured=job.schema is not None)
         records = caption_many(found, job.prompt, captioner=captioner, detail=job.detail, photo=photo,
-                               schema=job.schema, options=job.generation,
+                               schema=job.schema, options=job.generation, image_tokens=job.image_tokens,
+                               token_selection=job.token_selection,
                                skip=sinks.done if sinks.files else None, on_event=stage, stop=stop)
         return run_batch(records, sinks, total=len(found), progress=progress, stop=stop, stage=stage)
 
@@ -168,7 +176,8 @@ def _caption_live(image: str, sinks: Sinks, job: CaptionJob, load: ModelLoad, st
     try:
         with load.with_runtime(prefix_cache_bytes=0).load() as captioner:
             records = caption_many([image], job.prompt, captioner=captioner, detail=job.detail,
-                                   options=job.generation, on_event=live.event, stop=stop, schema=job.schema)
+                                   options=job.generation, on_event=live.event, stop=stop, schema=job.schema,
+                                   image_tokens=job.image_tokens, token_selection=job.token_selection)
             return run_batch(records, LiveSink(live, sinks), total=1, progress=False, stop=stop)
     finally:
         live.end()

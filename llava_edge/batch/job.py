@@ -18,6 +18,10 @@ class CaptionJob:
     """The instruction; ``None``: a detailed description (``schema.DEFAULT_PROMPT``)."""
     detail: str = "auto"
     """auto | low | high: how many CLIP tiles an image is seen as."""
+    image_tokens: int | None = None
+    """``--image-tokens``: at most this many image tokens fed per image; ``None``: all of them."""
+    token_selection: str | None = None
+    """``--token-selection``: how a budget picks its tokens (``None``: ``diverse``)."""
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     """Sampling: ``--max-tokens``, ``--temperature`` and ``--seed`` over the defaults."""
     schema: StructuredOutput | None = None

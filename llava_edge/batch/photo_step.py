@@ -156,8 +156,10 @@ class PhotoStep:
         return already_described(image, self.marker, targets=self.options.targets, if_exists=self.options.if_exists)
 
     def write(self, captioner: Captioner, image: str, data: bytes, result: CaptionResult, detail: str,
-              options: GenerationOptions | None) -> dict[str, Any]:
-        """Ask for keywords (when on), write the caption everywhere, and return the ``PhotoRecord`` as JSON.
+              options: GenerationOptions | None, *, image_tokens: int | None = None,
+              token_selection: str | None = None) -> dict[str, Any]:
+        """Ask for keywords (when on; seeing the image as the caption did: ``detail`` and the token budget),
+        write the caption everywhere, and return the ``PhotoRecord`` as JSON.
 
         Raises:
             LlavaEdgeError: ``PhotoMetadataError`` and the others ``write_caption`` raises, or the keyword
@@ -168,7 +170,8 @@ class PhotoStep:
         else:
             caption, alt_text, keywords = result.text, None, None
             if self.options.keywords:
-                answer = captioner.describe(data, KEYWORDS_PROMPT, detail=detail, options=options)
+                answer = captioner.describe(data, KEYWORDS_PROMPT, detail=detail, options=options,
+                                            image_tokens=image_tokens, token_selection=token_selection)
                 keywords = parse_keywords(answer.text)
         record = write_caption(image, caption, keywords, targets=self.options.targets,
                                if_exists=self.options.if_exists, keep_times=self.options.keep_times,

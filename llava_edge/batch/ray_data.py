@@ -20,6 +20,7 @@ from llava_edge.batch.records import BatchRecord, BatchSummary, ImageItem, json_
 from llava_edge.batch.runner import BATCH_RUNTIME, Sink, caption_many, item_digest, run_batch
 from llava_edge.command_options import ModelLoad
 from llava_edge.errors import LlavaEdgeError, MissingExtraError
+from llava_edge.token_budget import token_budget
 
 if TYPE_CHECKING:
     from llava_edge.batch.job import CaptionJob
@@ -43,19 +44,22 @@ class RayCaptioner:
         model: as for ``Captioner``; keyword options (``model_path``, ``mmproj_path``, ``runtime``,
             ``generation``, ``offline``, ...) go to ``Captioner`` too. ``runtime`` defaults to
             ``BATCH_RUNTIME`` (no image-prefix cache).
-        prompt, detail: as for ``caption_many``.
+        prompt, detail, image_tokens, token_selection: as for ``caption_many``.
     """
 
     def __init__(self, model: str | None = None, *, prompt: str | None = None, detail: str = "auto",
-                 **captioner_options: Any):
+                 image_tokens: int | None = None, token_selection: str | None = None, **captioner_options: Any):
         from llava_edge.api import Captioner
 
+        token_budget(image_tokens, token_selection)  # a bad budget fails the actor before the model loads
         captioner_options.setdefault("runtime", BATCH_RUNTIME)
         self._captioner = Captioner(model, **captioner_options)
         self._prompt, self._detail = prompt, detail
+        self._image_tokens, self._token_selection = image_tokens, token_selection
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        records = list(caption_many(_items(batch), self._prompt, captioner=self._captioner, detail=self._detail))
+        records = list(caption_many(_items(batch), self._prompt, captioner=self._captioner, detail=self._detail,
+                                    image_tokens=self._image_tokens, token_selection=self._token_selection))
         return {
             "image": [record.image for record in records],
             "sha256": [record.sha256 or "" for record in records],
@@ -93,7 +97,8 @@ def caption_dataset(
 
     Args:
         dataset: a ``ray.data.Dataset`` with the input columns ``RayCaptioner`` reads.
-        model, captioner_options: for ``RayCaptioner`` (``prompt``, ``detail``, ``model_path``, ...).
+        model, captioner_options: for ``RayCaptioner`` (``prompt``, ``detail``, ``image_tokens``,
+            ``token_selection``, ``model_path``, ...).
     """
     ray = import_ray()
     runtime = captioner_options.pop("runtime", None) or BATCH_RUNTIME
@@ -125,8 +130,8 @@ def caption_on_ray(
         address: ``"auto"`` (the running cluster), ``"local"`` (start Ray on this machine), or a cluster
             address (``ray://head:10001``, ``head:6379``). Ignored when Ray is already initialised.
         load: the model each actor loads; with ``device="cuda"`` each actor reserves a GPU.
-        job: the prompt, detail and generation options. Its ``photo`` and ``schema`` are not sent (the
-            ``caption`` command refuses them with ``--ray``).
+        job: the prompt, detail, image token budget and generation options. Its ``photo`` and ``schema`` are
+            not sent (the ``caption`` command refuses them with ``--ray``).
         progress, stop: as for ``run_batch``.
     """
     ray = import_ray()
@@ -152,6 +157,7 @@ def _run(ray: Any, images: list[str], sink: Sink, load: ModelLoad, job: CaptionJ
         ray.data.from_items(rows), load.model, gpus_per_actor=1 if load.runtime.device == "cuda" else 0,
         model_path=load.model_path, mmproj_path=load.mmproj_path, runtime=load.runtime, offline=load.offline,
         registry=load.registry, prompt=job.prompt, detail=job.detail, generation=job.generation,
+        image_tokens=job.image_tokens, token_selection=job.token_selection,
     )
     records = (BatchRecord.from_json(json.loads(row["record"])) for row in captioned.iter_rows())
     return run_batch(records, sink, total=len(images), progress=progress, stop=stop)

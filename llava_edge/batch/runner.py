@@ -25,6 +25,7 @@ from llava_edge.events import Progress, StageView, TextDelta
 from llava_edge.generation import GenerationOptions, RuntimeOptions
 from llava_edge.images import ImageLimits, read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, caption_response
+from llava_edge.token_budget import token_budget
 
 BATCH_RUNTIME = RuntimeOptions(prefix_cache_bytes=0)
 """How ``caption_many`` loads a model itself. The image-prefix cache is off: a batch sees each image
@@ -40,7 +41,8 @@ class PhotoHook(Protocol):
     def described(self, image: str) -> bool: ...
 
     def write(self, captioner: Captioner, image: str, data: bytes, result: CaptionResult, detail: str,
-              options: GenerationOptions | None) -> dict[str, Any]: ...
+              options: GenerationOptions | None, *, image_tokens: int | None = None,
+              token_selection: str | None = None) -> dict[str, Any]: ...
 
 
 class Sink(Protocol):
@@ -64,6 +66,8 @@ def caption_many(
     stop: threading.Event | None = None,
     photo: PhotoHook | None = None,
     schema: SchemaInput | None = None,
+    image_tokens: int | None = None,
+    token_selection: str | None = None,
 ) -> Iterator[BatchRecord]:
     """Caption images one after another with one loaded model, yielding a record as each completes.
 
@@ -86,11 +90,14 @@ def caption_many(
             ``photo.described`` says so (and ``skip`` too, when given), and its errors become error records.
         schema: a JSON Schema, ``"photo"`` or a ``StructuredOutput``: each answer is JSON that follows it, and
             its record carries the parsed value (``data``). Checked before any image (``SchemaError``).
+        image_tokens, token_selection: the image token budget, as for ``Captioner.describe``; each record's
+            ``timings.image_tokens`` is what was fed. Checked before any image (``InvalidRequestError``).
     """
     structure = structured_output(schema)
+    token_budget(image_tokens, token_selection)
     owned = captioner is None
     loaded = captioner if captioner is not None else Captioner(model, runtime=BATCH_RUNTIME)
-    job = _Job(prompt, detail, options, on_event, stop, photo, structure)
+    job = _Job(prompt, detail, options, on_event, stop, photo, structure, image_tokens, token_selection)
     try:
         for image in images:
             if stop is not None and stop.is_set():
@@ -202,11 +209,14 @@ class _Job:
     stop: threading.Event | None
     photo: PhotoHook | None = None
     schema: SchemaInput | None = None
+    image_tokens: int | None = None
+    token_selection: str | None = None
 
 
 def _describe(captioner: Captioner, item: ImageItem, data: bytes, job: _Job) -> CaptionResult | None:
     """Caption one image, passing its events on; ``None`` when ``job.stop`` was set part-way."""
-    events = captioner.stream(data, job.prompt, detail=job.detail, options=job.options, schema=job.schema)
+    events = captioner.stream(data, job.prompt, detail=job.detail, options=job.options, schema=job.schema,
+                              image_tokens=job.image_tokens, token_selection=job.token_selection)
     with closing(events):
         for event in events:
             if isinstance(event, CaptionDone):
@@ -239,7 +249,8 @@ def _caption_one(captioner: Captioner, item: ImageItem, job: _Job, skip: Skip | 
                 return None
             photo = None
             if job.photo is not None:
-                photo = job.photo.write(captioner, item.name, data, result, job.detail, job.options)
+                photo = job.photo.write(captioner, item.name, data, result, job.detail, job.options,
+                                        image_tokens=job.image_tokens, token_selection=job.token_selection)
                 sha256 = item_digest(item, captioner.image_limits) or sha256
         except LlavaEdgeError as err:
             failure = err

@@ -33,8 +33,8 @@ ENGINE_EDGE = "llava-edge"
 ENGINE_MTMD = "llama-mtmd-cli"
 BENCH_PROMPT = "Describe this image in detail."
 FOLLOWUP_PROMPT = "What colours stand out in this image?"
-STAGES = ("image_encode_s", "image_prefill_s", "text_prefill_s", "first_token_s", "decode_s", "total_s",
-          "decode_tok_s")
+STAGES = ("image_encode_s", "image_select_s", "image_prefill_s", "text_prefill_s", "first_token_s", "decode_s",
+          "total_s", "decode_tok_s")
 COUNTS = ("image_tokens", "prompt_tokens", "generated_tokens")
 FOLLOWUP_STAGES = ("first_token_s", "image_prefill_s", "total_s")
 TEXT_STAGES = ("image_prefill_s", "text_prefill_s", "decode_s")
@@ -56,6 +56,10 @@ class BenchConfig:
     engine: str = ENGINE_EDGE
     image_size: tuple[int, int] = (672, 672)
     detail: str = "auto"
+    image_tokens: int | None = None
+    """An image token budget (llava-edge only; ``None``: every token is fed)."""
+    token_selection: str = "diverse"
+    """How the budget picks its tokens."""
     runtime: dict[str, Any] = field(default_factory=dict)
     """``RuntimeOptions`` fields that differ from the defaults (llava-edge only)."""
     anchor_args: tuple[str, ...] = ()
@@ -180,7 +184,8 @@ def _run_edge(config: BenchConfig, scratch: Path, busy_cores: float | None) -> C
         "model": None, "model_path": str(files.model_path), "mmproj_path": str(files.mmproj_path),
         "runtime": config.runtime, "max_tokens": config.max_tokens, "seed": config.seed,
         "warmup_tokens": config.warmup_tokens, "warmup_images": warm, "images": timed, "prompt": config.prompt,
-        "detail": config.detail, "followup_prompt": FOLLOWUP_PROMPT if config.followup else "",
+        "detail": config.detail, "image_tokens": config.image_tokens, "token_selection": config.token_selection,
+        "followup_prompt": FOLLOWUP_PROMPT if config.followup else "",
         "output": str(output),
     }
     run = _quiet_run(lambda: run_measured([sys.executable, "-m", "llava_edge.bench.worker"], json.dumps(job)),

@@ -36,10 +36,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sample(captioner: Any, image: str, job: dict[str, Any], options: Any) -> dict[str, Any]:
-    first = captioner.describe(image, job["prompt"], detail=job["detail"], options=options)
+    budget = {"image_tokens": job.get("image_tokens"), "token_selection": job.get("token_selection")}
+    first = captioner.describe(image, job["prompt"], detail=job["detail"], options=options, **budget)
     sample = asdict(first.timings)
     if job["followup_prompt"]:
-        follow = captioner.describe(image, job["followup_prompt"], detail=job["detail"], options=options)
+        follow = captioner.describe(image, job["followup_prompt"], detail=job["detail"], options=options, **budget)
         sample["followup"] = asdict(follow.timings)
     return sample
 

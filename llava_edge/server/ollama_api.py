@@ -25,6 +25,7 @@ from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.server.bodies import read_json_object
+from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
     authenticate_request,
     check_model,
@@ -42,6 +43,7 @@ from llava_edge.server.sampling_fields import OLLAMA_SAMPLERS, generation_option
 from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
+from llava_edge.token_budget import TokenBudget
 
 OLLAMA_COMPATIBLE_VERSION = "0.12.0"
 """Reported by ``/api/version``: the Ollama API level these routes follow (clients gate features on it)."""
@@ -125,14 +127,14 @@ def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
     requested = check_model(body.get("model"), service)
     check_fields(body, OLLAMA, where=where)
     turns = _chat_turns(body) if chat else _generate_turns(body)
-    options = _options(body.get("options"), service, where=where)
+    options, budget = _options(body.get("options"), service, where=where)
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", parameter="stream")
     if not turns:
         return requested.name, None, stream
     call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                    model=requested.swap, structure=ollama_structure(body))
+                    model=requested.swap, structure=ollama_structure(body), budget=budget)
     return requested.name, call, stream
 
 
@@ -179,16 +181,17 @@ def _images(images: object) -> tuple[str, ...]:
     return tuple(image.strip() for image in images)
 
 
-def _options(options: object, service: TaskService, *, where: str) -> GenerationOptions:
-    """The generation options of a request's ``options`` (every documented key is decided; hints such as
-    ``num_ctx`` are accepted: the loaded context serves, and a request that does not fit it is refused
-    with the numbers)."""
+def _options(options: object, service: TaskService, *, where: str) -> tuple[GenerationOptions, TokenBudget | None]:
+    """The generation options and the image token budget (``image_tokens``, ``token_selection``) of a
+    request's ``options`` (every documented key is decided; hints such as ``num_ctx`` are accepted: the loaded
+    context serves, and a request that does not fit it is refused with the numbers)."""
     options = options or {}
     if not isinstance(options, dict):
         raise InvalidRequestError("options must be an object.", parameter="options")
     check_fields(options, OLLAMA_OPTIONS, where=f"{where} options", prefix="options.")
-    return generation_options(options, OLLAMA_SAMPLERS, service.captioner.generation, prefix="options.",
-                              stop_limit=16)
+    generation = generation_options(options, OLLAMA_SAMPLERS, service.captioner.generation, prefix="options.",
+                                    stop_limit=16)
+    return generation, requested_budget(options, prefix="options.")
 
 
 def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, Any]:

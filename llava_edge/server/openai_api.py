@@ -24,6 +24,7 @@ from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
+from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
     authenticate_request,
     check_model,
@@ -109,7 +110,8 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
-                    model=requested.swap, structure=openai_structure(body.get("response_format")))
+                    model=requested.swap, structure=openai_structure(body.get("response_format")),
+                    budget=requested_budget(body))
     return call, requested.name, stream
 
 

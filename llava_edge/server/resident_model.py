@@ -24,6 +24,7 @@ from llava_edge.server.image_reading import fetching_from
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_results import Outcome
 from llava_edge.structured import StructuredOutput
+from llava_edge.token_budget import TokenBudget
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -50,6 +51,8 @@ class ChatCall:
     """Another installed model the request named: it is swapped in (a ``LOAD`` progress event) first."""
     structure: StructuredOutput | None = None
     """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
+    budget: TokenBudget | None = None
+    """``image_tokens`` / ``token_selection``: at most that many image tokens fed per image; ``None``: all."""
 
 
 class ResidentModel:
@@ -71,8 +74,10 @@ class ResidentModel:
         try:
             if call.model is not None:
                 self.swap_to(call.model, call.on_event)
+            tokens, selection = (call.budget.tokens, call.budget.selection) if call.budget else (None, None)
             with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
-                                               options=call.options, schema=call.structure)) as events:
+                                               options=call.options, schema=call.structure, image_tokens=tokens,
+                                               token_selection=selection)) as events:
                 for event in events:
                     if call.cancelled.is_set():
                         raise CaptionCancelledError("The client left; the caption was stopped.")

@@ -28,6 +28,7 @@ from llava_edge.errors import InvalidRequestError, LlavaEdgeError, TaskNotFoundE
 from llava_edge.events import TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
+from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import authenticate_request, check_model, first_and_rest
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
 from llava_edge.server.openai_api import openai_error, openai_error_body
@@ -109,7 +110,8 @@ def _parse(body: dict[str, Any], service: TaskService, store: ResponseStore) -> 
     text: dict[str, Any] = body["text"] if isinstance(body.get("text"), dict) else {}
     call = ChatCall(conversation_images(list(conversation)), conversation_prompt(list(conversation)),
                     generation_options(body, RESPONSES_SAMPLERS, service.captioner.generation), detail,
-                    model=requested.swap, structure=responses_structure(text.get("format")))
+                    model=requested.swap, structure=responses_structure(text.get("format")),
+                    budget=requested_budget(body))
     stream, store_it = body.get("stream", False), body.get("store", True)
     if not isinstance(stream, bool) or not isinstance(store_it, bool):
         raise InvalidRequestError("stream and store must be true or false.", code="invalid_type", parameter="stream")

@@ -98,6 +98,29 @@ def test_cli_on_the_ray_cluster_writes_the_same_jsonl_and_resumes(
     assert out.read_text().splitlines() == lines
 
 
+def test_cli_on_the_ray_cluster_passes_the_image_token_budget(
+    cluster: str, photos: list[str], tiny_files: ModelFiles, tmp_path: Path
+) -> None:
+    out = tmp_path / "captions.jsonl"
+    command = [
+        sys.executable, "-m", "llava_edge", "caption", *photos[1:3], "--out", str(out), "--ray", cluster,
+        "--model-path", str(tiny_files.model_path), "--mmproj-path", str(tiny_files.mmproj_path),
+        "--prompt", "Caption it.", "--max-tokens", "8", "--seed", "11", "--threads", "1", "--detail", "high",
+        "--image-tokens", "300", "--token-selection", "uniform",
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    written = {record["image"]: record for record in map(json.loads, out.read_text().splitlines())}
+    with Captioner(model_path=tiny_files.model_path, mmproj_path=tiny_files.mmproj_path, runtime=RUNTIME) as captioner:
+        expected = {record.image: record for record in caption_many(
+            photos[1:3], "Caption it.", captioner=captioner, options=GENERATION, detail="high", image_tokens=300,
+            token_selection="uniform")}
+    assert set(written) == set(expected)
+    for image, record in written.items():
+        assert record["timings"]["image_tokens"] == 300
+        assert record["response"]["text"] == expected[image].text
+
+
 def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key != "timings"}
 

@@ -163,6 +163,15 @@ def test_follow_up_reuses_the_image_prefix(tiny_report: BenchReport) -> None:
 
 
 @pytest.mark.slow
+def test_a_budget_configuration_feeds_its_tokens_and_reuses_the_reduced_prefix() -> None:
+    config = BenchConfig("budget", image_size=(672, 672), runs=1, warmup=0, max_tokens=4, image_tokens=320,
+                         token_selection="pooled", followup=True)
+    [result] = run_benchmark([config], measure_bandwidth=False, busy_cores=None).results
+    assert result.summary["image_tokens"]["median"] == 320 and result.summary["image_select_s"]["median"] > 0
+    assert result.samples[0]["followup"]["prefix_cache_hit"]
+
+
+@pytest.mark.slow
 def test_outputs_are_written(tiny_report: BenchReport, tmp_path: Path) -> None:
     paths = write_outputs(tiny_report, tmp_path, "tiny")
     document = json.loads(paths["json"].read_text())

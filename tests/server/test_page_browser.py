@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from support.browser import RECORD_MUTATIONS, PageLog, chromium
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, wait_until
@@ -175,6 +177,31 @@ def test_a_follow_up_is_answered_from_the_cached_image(server: Server, tab: Call
     history = [first_message(view.page.input_value("#prompt"), image), {"role": "assistant", "content": answers[0]},
                {"role": "user", "content": "What colours stand out?"}]
     assert answers[1] == api_answer(live, history)
+
+
+def test_balanced_detail_feeds_640_of_the_high_detail_tokens(server: Server, tab: Callable[..., Tab],
+                                                              tmp_path: Path) -> None:
+    live = server()
+    view = tab(live)
+    sent: list[dict[str, Any]] = []
+    view.page.on("request", lambda request: sent.append(request.post_data_json)
+                 if request.url.endswith("/v1/chat/completions") else None)
+    view.page.check("input[name=detail][value=balanced]")
+    image = tmp_path / "noise.png"
+    pixels = np.random.default_rng(3).integers(0, 256, (672, 672, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(image)
+    view.add(image)
+    shown = view.wait_done("noise.png").locator(".answer").first.text_content()
+
+    [body] = sent
+    assert (body["image_tokens"], body["token_selection"]) == (640, "diverse")
+    assert body["messages"][0]["content"][1]["image_url"]["detail"] == "high"  # no API gains a detail value
+    message = first_message(view.page.input_value("#prompt"), image, "high")
+    balanced = httpx.post(f"{live.http}/v1/chat/completions", timeout=60, json={
+        "model": "llava", "messages": [message], "image_tokens": 640, "token_selection": "diverse"}).json()
+    assert shown == balanced["choices"][0]["message"]["content"] != api_answer(live, [message])
+    [row] = [json.loads(line) for line in download(view, "#download-jsonl").splitlines()]
+    assert row["detail"] == "balanced" and row["prompt_tokens"] == balanced["usage"]["prompt_tokens"]
 
 
 def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -10,6 +10,14 @@
     alt: "Write alt text for this image: one or two plain sentences for someone who cannot see it.",
     keywords: "List keywords for this image, separated by commas.",
   };
+  /* Each detail choice as the API takes it: "balanced" (the page's own choice) is High's tiles with 640 of their
+     image tokens, chosen for diversity (the image_tokens and token_selection extension fields). */
+  const DETAILS = {
+    low: {detail: "low", budget: {}},
+    auto: {detail: "auto", budget: {}},
+    balanced: {detail: "high", budget: {image_tokens: 640, token_selection: "diverse"}},
+    high: {detail: "high", budget: {}},
+  };
   const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
   const KEY_STORE = "llava-edge-api-key";
   const $ = (id) => document.getElementById(id);
@@ -179,7 +187,7 @@
 
   function currentDetail() {
     const checked = document.querySelector("input[name=detail]:checked");
-    return checked ? checked.value : "auto";
+    return checked && checked.value in DETAILS ? checked.value : "auto";
   }
 
   function addFiles(files) {
@@ -259,7 +267,7 @@
     const messages = [];
     asked.forEach((other, index) => {
       const content = index > 0 ? other.prompt : [{type: "text", text: other.prompt},
-        {type: "image_url", image_url: {url: item.dataUri, detail: item.detail}}];
+        {type: "image_url", image_url: {url: item.dataUri, detail: DETAILS[item.detail].detail}}];
       messages.push({role: "user", content});
       if (other !== turn) messages.push({role: "assistant", content: other.answer});
     });
@@ -284,7 +292,7 @@
       if (!item.dataUri) item.dataUri = await readAsDataUri(item.file);
       turn.model = state.model;
       const body = {model: turn.model, messages: conversation(item, turn), stream: true,
-        stream_options: {include_usage: true, include_progress: true}};
+        stream_options: {include_usage: true, include_progress: true}, ...DETAILS[item.detail].budget};
       setStage(item, "Sending");
       const started = performance.now();
       const response = await request("/v1/chat/completions",

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,7 @@ from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import authenticate_request
 from llava_edge.server.families import error_response, quoted
 from llava_edge.server.model_listing import name_table
+from llava_edge.server.public_errors import for_client
 from llava_edge.server.settings import is_loopback
 from llava_edge.server.statuses import status_for
 from llava_edge.server.task_service import TaskService
@@ -51,8 +53,27 @@ class PullRefused(LlavaEdgeError):
         self.status = status
 
 
+class Downloads:
+    """The server's one download thread: a pull runs there (and on after its client left: the file is kept);
+    a pull asked for while one runs is told to come back, so downloads never take the threads requests are
+    parsed on, nor pile up."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llava-edge-pull")
+        self.running: str | None = None
+
+    def claim(self, spec: ModelSpec | None) -> None:
+        if spec is None:
+            return
+        if self.running is not None:
+            raise PullRefused(f"{self.running} is being downloaded; pull again once it is done.", status=503,
+                              code="pull_busy")
+        self.running = spec.id
+
+
 def add_pull_routes(app: FastAPI, service: TaskService) -> None:
     """Register ``/api/pull``, ``/api/embed`` and ``/api/embeddings`` on ``app``."""
+    downloads = Downloads()
 
     async def pull(request: Request) -> Response:
         try:
@@ -61,11 +82,12 @@ def add_pull_routes(app: FastAPI, service: TaskService) -> None:
             name, stream = _requested(body)
             _check_allowed(service)
             spec = _variant_to_download(name, service)
+            downloads.claim(spec)
         except PullRefused as err:
             return error_response("/api/pull", err.status, err.code, err.message)
         except LlavaEdgeError as err:
-            return error_response("/api/pull", status_for(err, "ollama"), err.code, err.message)
-        events = _pull_events(spec, service)
+            return error_response("/api/pull", status_for(err, "ollama"), err.code, for_client(err).message)
+        events = _pull_events(spec, None if spec is None else _download(spec, service, downloads))
         if stream:
             return StreamingResponse(_ndjson(events), media_type="application/x-ndjson")
         last: dict[str, Any] = {}
@@ -127,11 +149,12 @@ def _variant_to_download(name: str, service: TaskService) -> ModelSpec | None:
                                 code="model_not_found") from None
 
 
-async def _pull_events(spec: ModelSpec | None, service: TaskService) -> AsyncIterator[dict[str, Any]]:
+async def _pull_events(spec: ModelSpec | None, download: AsyncIterator[dict[str, Any]] | None,
+                       ) -> AsyncIterator[dict[str, Any]]:
     """Ollama's progress objects for one pull; an ``{"error"}`` object ends a failed one."""
     yield {"status": "pulling manifest"}
-    if spec is not None:
-        async for event in _download(spec, service):
+    if spec is not None and download is not None:
+        async for event in download:
             yield event
             if "error" in event:
                 return
@@ -140,19 +163,25 @@ async def _pull_events(spec: ModelSpec | None, service: TaskService) -> AsyncIte
     yield {"status": "success"}
 
 
-async def _download(spec: ModelSpec, service: TaskService) -> AsyncIterator[dict[str, Any]]:
-    """Download in a worker thread; its progress comes here through a queue (None: finished)."""
+def _download(spec: ModelSpec, service: TaskService, downloads: Downloads) -> AsyncIterator[dict[str, Any]]:
+    """Start the download in the download thread now (so the claim is released however the client goes);
+    its progress comes through a queue (None: finished)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     sent: dict[str, int] = {}
+
+    def send(event: dict[str, Any] | None) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # the server stopped while the download ran: nobody is left to tell
+            pass
 
     def report(progress: FileProgress) -> None:
         if progress.completed - sent.get(progress.file, -PROGRESS_STEP_BYTES) >= PROGRESS_STEP_BYTES or \
                 progress.completed == progress.total:
             sent[progress.file] = progress.completed
-            loop.call_soon_threadsafe(queue.put_nowait, {
-                "status": "downloading", "digest": progress.digest, "total": progress.total,
-                "completed": progress.completed})
+            send({"status": "downloading", "digest": progress.digest, "total": progress.total,
+                  "completed": progress.completed})
 
     def work() -> None:
         captioner = service.captioner
@@ -160,17 +189,21 @@ async def _download(spec: ModelSpec, service: TaskService) -> AsyncIterator[dict
             download_model(spec, registry=captioner.registry, cache_dir=captioner.cache_dir, progress=False,
                            offline=False, on_progress=report)
         except LlavaEdgeError as err:
-            loop.call_soon_threadsafe(queue.put_nowait, {"error": err.message})
-        except Exception as err:  # a failure nobody else would see: the client gets it, the log the trace
+            send({"error": for_client(err).message})
+        except Exception:  # a failure nobody else would see: the log gets the trace, the client no paths
             _log.exception("pulling %s failed", spec.id)
-            loop.call_soon_threadsafe(queue.put_nowait, {"error": f"Pulling {spec.id} failed: {err}."})
+            send({"error": f"Pulling {spec.id} failed on the server; its log says why. Retry, or ask the operator."})
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+            downloads.running = None
+            send(None)
 
-    job = loop.run_in_executor(None, work)  # a client that leaves does not stop it: the file is kept
-    while (event := await queue.get()) is not None:
-        yield event
-    await job
+    loop.run_in_executor(downloads.executor, work)  # a client that leaves does not stop it: the file is kept
+
+    async def progress() -> AsyncIterator[dict[str, Any]]:
+        while (event := await queue.get()) is not None:
+            yield event
+
+    return progress()
 
 
 async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:

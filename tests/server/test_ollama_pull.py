@@ -161,3 +161,19 @@ def test_embeddings_are_an_ollama_error(serve: Server) -> None:
     with pytest.raises(ollama.ResponseError) as refused:
         client.embed(model="llava", input="a house")
     assert refused.value.status_code == 501 and "has no embeddings" in refused.value.error
+
+
+def test_a_stalled_pull_holds_neither_the_chat_routes_nor_a_second_download(serve: Server, hub: HubServer) -> None:
+    """Downloads run in the server's one download thread: clients that give up on stalled pulls leave the
+    threads requests are parsed on free, and a pull asked for meanwhile is told to come back."""
+    hub.faults[MODEL_FILE] = Faults(stall_at=1024)
+    server = serve()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the hub holds the file
+        httpx.post(f"{server.http}/api/pull", json={"model": TAG}, timeout=0.5)
+    busy = [httpx.post(f"{server.http}/api/pull", json={"model": "q4", "stream": False}, timeout=10)
+            for _ in range(8)]
+    chat = httpx.post(f"{server.http}/v1/chat/completions", timeout=30,
+                      json={"model": "llava", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    hub.release.set()
+    assert all(answer.status_code == 503 and "being downloaded" in answer.json()["error"] for answer in busy)
+    assert chat.status_code == 200

@@ -38,7 +38,9 @@ class Tokenized:
                 self.bitmaps.append(bitmap)
                 keys.append(key)
             text = prompt_text.encode("utf-8")
-            tokens = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=False)
+            # Special tokens are parsed, as llama-mtmd-cli does: a conversation's "</s>" between turns is the
+            # end-of-sequence token Mistral's format wants (the server strips control text from client text).
+            tokens = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=True)
             bitmaps = (mtmd.mtmd_bitmap_p_ctypes * len(self.bitmaps))(*self.bitmaps)
             status = mtmd.mtmd_tokenize(mtmd_context, self.chunks, ctypes.byref(tokens), bitmaps, len(self.bitmaps))
             if status != 0:

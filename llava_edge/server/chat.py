@@ -18,7 +18,7 @@ from llava_edge.errors import (
 )
 from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
-from llava_edge.server.families import quoted
+from llava_edge.server.conversation import quoted
 from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from llava_edge.server.task_service import TaskService
 
 T = TypeVar("T")
-OLLAMA_STYLE_NAMES = GENERIC_NAMES
-"""Names Ollama users type for this model; all mean the start model (``model_listing``)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,7 +46,7 @@ def resident_names(service: TaskService) -> list[str]:
     captioner = service.captioner
     aliases, _ = _registered(captioner.model_name, _registry_path(service))
     start = service.resident.start_model
-    generic = OLLAMA_STYLE_NAMES if captioner.model_name == start or start not in _installed(service).values() else ()
+    generic = GENERIC_NAMES if captioner.model_name == start or start not in name_table(service).values() else ()
     return list(dict.fromkeys([captioner.model_name, *aliases, *generic]))
 
 
@@ -71,10 +69,6 @@ def quantization_of(model_name: str, service: TaskService) -> str:
 def _registry_path(service: TaskService) -> str | None:
     registry = service.captioner.registry
     return None if registry is None else os.fspath(registry)
-
-
-def _installed(service: TaskService) -> dict[str, str]:
-    return name_table(service)
 
 
 @dataclass(frozen=True)
@@ -113,7 +107,7 @@ def _swap_target(name: str, service: TaskService) -> str | None:
     key = name.strip().lower()
     if key in _lowered(resident_names(service)):
         return None
-    target = {known.lower(): model for known, model in _installed(service).items()}.get(key)
+    target = {known.lower(): model for known, model in name_table(service).items()}.get(key)
     if target is None or target == service.captioner.model_name:
         return None
     return None if installed_files(target, service).model_path == service.captioner.files.model_path else target

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from llava_edge.errors import InvalidRequestError
+from llava_edge.errors import ContextOverflowError, InvalidRequestError
 
 MAX_CONVERSATION_IMAGES = 8
 """Different images one conversation may show: each takes 576 to 2,880 tokens of the context, so more
@@ -24,17 +24,35 @@ cannot fit the default n_ctx anyway; the bound stops a request naming hundreds o
 MAX_MESSAGES = 1000
 """Messages one request may hold. A 4,096-token context holds far fewer turns; the bound keeps a request of
 tens of thousands of tiny messages from costing more than it could ever use."""
+MAX_CHARS_PER_TOKEN = 32
+"""A prompt longer than the context's tokens times this many characters cannot fit (this vocabulary's tokens
+are far shorter): it is refused before it is tokenized, which would hold the model for seconds."""
+CONTROL_TEXTS = ("<s>", "</s>", "<unk>")
+"""The text of the vocabulary's control tokens: removed from what clients write, so only the prompt's own turn
+separators become control tokens."""
 ROLES = ("system", "user", "assistant", "tool")
 """Roles the prompt knows; ``developer`` is read as ``system``, ``function`` as ``tool``."""
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One message: ``role`` is one of ``ROLES``; ``images`` are data URIs, URLs or base64 text."""
+    """One message: ``role`` is one of ``ROLES``; ``images`` are data URIs, URLs or base64 text. The text is
+    kept without control-token text (``CONTROL_TEXTS``)."""
 
     role: str
     text: str
     images: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", without_control_text(self.text))
+
+
+def without_control_text(text: str) -> str:
+    """``text`` with every control token's text removed (repeatedly, so no removal joins a new one)."""
+    while any(control in text for control in CONTROL_TEXTS):
+        for control in CONTROL_TEXTS:
+            text = text.replace(control, "")
+    return text
 
 
 def quoted(text: object, limit: int = 80) -> str:
@@ -94,6 +112,20 @@ def conversation_prompt(turns: list[Turn]) -> tuple[str, ...]:
         raise InvalidRequestError("The last message must be the user's question.", code="invalidMessages",
                                   parameter="messages")
     return _render(system, dialogue, set(conversation_images(turns)[:1]))
+
+
+def bounded_prompt(turns: list[Turn], n_ctx: int) -> tuple[str, ...]:
+    """``conversation_prompt``, refused when its text is too long to fit ``n_ctx`` tokens whatever they are.
+
+    Raises:
+        ContextOverflowError: with the numbers. InvalidRequestError: as ``conversation_prompt``.
+    """
+    texts = conversation_prompt(turns)
+    size, limit = sum(len(text) for text in texts), n_ctx * MAX_CHARS_PER_TOKEN
+    if size > limit:
+        raise ContextOverflowError(f"The conversation's text is {size:,} characters; a {n_ctx}-token context holds "
+                                   f"at most about {limit:,}. Send a shorter conversation.", parameter="messages")
+    return texts
 
 
 def _render(system: str, dialogue: list[Turn], seen: set[str]) -> tuple[str, ...]:

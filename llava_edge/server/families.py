@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -15,14 +14,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from llava_edge.server.conversation import quoted
 from llava_edge.server.request_log import note_refusal
+from llava_edge.server.statuses import retry_headers
 
 Family = Literal["ollama", "openai", "runware"]
-OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                415: "invalid_request_error", 429: "rate_limit_error", 501: "not_implemented",
-                503: "service_unavailable", 500: "server_error"}
-"""OpenAI's error ``type`` by status."""
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                429: "rate_limit_error", 501: "not_implemented", 503: "service_unavailable"}
+"""OpenAI's error ``type`` by status, where it has one of its own (``openai_type``)."""
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status: its own, else ``invalid_request_error`` (4xx) or ``server_error``."""
+    return OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def api_family(path: str) -> Family:
@@ -34,18 +38,13 @@ def api_family(path: str) -> Family:
     return "runware"
 
 
-def quoted(text: str, limit: int = 80) -> str:
-    """Client text as messages and logs quote it: JSON-escaped, cut to ``limit`` characters."""
-    return json.dumps(text[:limit])
-
-
 def error_body(path: str, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     """An error in the shape of the API ``path`` belongs to."""
     family = api_family(path)
     if family == "ollama":
         return {"error": message}
     if family == "openai":
-        return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "invalid_request_error"),
+        return {"error": {"message": message, "type": openai_type(status),
                           "param": param, "code": code}}
     item = {"code": code, "message": message}
     return {"errors": [item if param is None else {**item, "parameter": param}]}
@@ -54,8 +53,8 @@ def error_body(path: str, status: int, code: str, message: str, param: str | Non
 def error_response(path: str, status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
     """``error_body`` as a response with its status (``Retry-After`` on 429 and 503), noted for the log."""
     note_refusal(code, message)
-    headers = {"Retry-After": "2"} if status in (429, 503) else None
-    return JSONResponse(error_body(path, status, code, message, param), status_code=status, headers=headers)
+    return JSONResponse(error_body(path, status, code, message, param), status_code=status,
+                        headers=retry_headers(status))
 
 
 def add_route_errors(app: FastAPI) -> None:

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from llava_edge.server.families import error_body, quoted
+from llava_edge.server.conversation import quoted
+from llava_edge.server.families import error_body
 from llava_edge.server.request_log import note_refusal
 from llava_edge.server.settings import ServerSettings, is_loopback
 

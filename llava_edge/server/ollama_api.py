@@ -32,7 +32,7 @@ from llava_edge.server.chat import (
     first_and_rest,
     quantization_of,
 )
-from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt
+from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images
 from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
@@ -133,8 +133,9 @@ def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
         raise InvalidRequestError("stream must be true or false.", parameter="stream")
     if not turns:
         return requested.name, None, stream
-    call = ChatCall(conversation_images(turns), conversation_prompt(turns), options,
-                    model=requested.swap, structure=ollama_structure(body), budget=budget)
+    prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
+    call = ChatCall(conversation_images(turns), prompt, options, model=requested.swap,
+                    structure=ollama_structure(body), budget=budget)
     return requested.name, call, stream
 
 

@@ -31,7 +31,8 @@ from llava_edge.models.ollama_names import ollama_tag, variant_named
 from llava_edge.models.synthetic import NAME_PREFIX
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import authenticate_request
-from llava_edge.server.families import error_response, quoted
+from llava_edge.server.conversation import quoted
+from llava_edge.server.families import error_response
 from llava_edge.server.model_listing import name_table
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.settings import is_loopback

@@ -30,7 +30,8 @@ from llava_edge.server.chat import (
     check_model,
     first_and_rest,
 )
-from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
+from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images, quoted
+from llava_edge.server.families import openai_type
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
@@ -41,9 +42,6 @@ from llava_edge.server.sampling_fields import OPENAI_SAMPLERS, generation_option
 from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
-
-_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                 429: "rate_limit_error", 503: "service_unavailable", 500: "server_error"}
 
 
 def add_openai_routes(app: FastAPI, service: TaskService) -> None:
@@ -96,7 +94,7 @@ def openai_error(error: LlavaEdgeError) -> JSONResponse:
 
 def openai_error_body(error: LlavaEdgeError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _STATUS_TYPES.get(status_for(error, "openai"), "invalid_request_error")
+    kind = openai_type(status_for(error, "openai"))
     return {"error": {"message": for_client(error).message, "type": kind, "param": error.parameter,
                       "code": error.code}}
 
@@ -109,9 +107,9 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
-    call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
-                    model=requested.swap, structure=openai_structure(body.get("response_format")),
-                    budget=requested_budget(body))
+    prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
+    call = ChatCall(conversation_images(turns), prompt, options, detail, model=requested.swap,
+                    structure=openai_structure(body.get("response_format")), budget=requested_budget(body))
     return call, requested.name, stream
 
 

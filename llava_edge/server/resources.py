@@ -11,7 +11,8 @@ from fastapi.responses import FileResponse, Response
 
 from llava_edge.errors import InvalidImageError
 from llava_edge.schema import is_uuid4
-from llava_edge.server.families import error_response, quoted
+from llava_edge.server.conversation import quoted
+from llava_edge.server.families import error_response
 from llava_edge.server.task_service import TaskService
 
 IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "gif": "image/gif", "bmp": "image/bmp"}

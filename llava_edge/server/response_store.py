@@ -8,6 +8,7 @@ evicted id reads as unknown (404), as a deleted one does.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -43,8 +44,10 @@ class ResponseStore:
         self._lock = threading.Lock()
 
     def put(self, response: dict[str, Any], turns: tuple[Turn, ...]) -> None:
-        """Keep ``response`` (by its ``id``) with its conversation; one larger than the whole store is not kept."""
-        size = sum(len(turn.text) + sum(len(image) for image in turn.images) for turn in turns)
+        """Keep ``response`` (by its ``id``) with its conversation, counted in bytes (the response object as sent,
+        the conversation's text and images); one larger than the whole store is not kept."""
+        size = len(json.dumps(response).encode()) + sum(
+            len(turn.text.encode()) + sum(len(image) for image in turn.images) for turn in turns)
         if size > self.max_bytes:
             return
         entry = StoredResponse(response, turns, time.monotonic() + self.ttl_s, size)

@@ -30,7 +30,7 @@ from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import authenticate_request, check_model, first_and_rest
-from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
+from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images, quoted
 from llava_edge.server.openai_api import openai_error, openai_error_body
 from llava_edge.server.request_fields import RESPONSES, check_fields
 from llava_edge.server.resident_model import ChatCall
@@ -108,13 +108,15 @@ def _parse(body: dict[str, Any], service: TaskService, store: ResponseStore) -> 
         raise InvalidRequestError("instructions must be a string.", code="invalid_type", parameter="instructions")
     conversation = (*([Turn("system", instructions)] if instructions else []), *earlier, *turns)
     text: dict[str, Any] = body["text"] if isinstance(body.get("text"), dict) else {}
-    call = ChatCall(conversation_images(list(conversation)), conversation_prompt(list(conversation)),
+    prompt = bounded_prompt(list(conversation), service.captioner.runtime.options.n_ctx)
+    call = ChatCall(conversation_images(list(conversation)), prompt,
                     generation_options(body, RESPONSES_SAMPLERS, service.captioner.generation), detail,
                     model=requested.swap, structure=responses_structure(text.get("format")),
                     budget=requested_budget(body))
     stream, store_it = body.get("stream", False), body.get("store", True)
     if not isinstance(stream, bool) or not isinstance(store_it, bool):
         raise InvalidRequestError("stream and store must be true or false.", code="invalid_type", parameter="stream")
+    _check_metadata(body.get("metadata"))
     echo = {"model": requested.name, "instructions": instructions, "previous_response_id":
             body.get("previous_response_id"), "max_output_tokens": body.get("max_output_tokens"),
             "temperature": call.options.temperature, "top_p": call.options.top_p,
@@ -122,6 +124,18 @@ def _parse(body: dict[str, Any], service: TaskService, store: ResponseStore) -> 
             "tools": body.get("tools") or [], "tool_choice": body.get("tool_choice") or "auto",
             "user": body.get("user")}
     return ResponsesCall(call, (*earlier, *turns), echo, stream, store_it)
+
+
+def _check_metadata(metadata: object) -> None:
+    """OpenAI's bounds on ``metadata`` (it is kept with a stored response): at most 16 pairs, keys of at most 64
+    characters, string values of at most 512."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+            isinstance(key, str) and len(key) <= 64 and isinstance(value, str) and len(value) <= 512
+            for key, value in metadata.items()):
+        raise InvalidRequestError("metadata must be at most 16 pairs of strings: keys of at most 64 characters, "
+                                  "values of at most 512.", code="invalid_value", parameter="metadata")
 
 
 def _previous(response_id: object, store: ResponseStore) -> tuple[Turn, ...]:
@@ -230,7 +244,7 @@ def _finish(parsed: ResponsesCall, outcome: Outcome, store: ResponseStore,
     response_id, item_id = ids or (f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}")
     result = outcome.result
     status = "incomplete" if result.finish_reason == "length" else "completed"
-    response = _response(parsed, response_id, status, [_message(item_id, result.text, "completed")], result)
+    response = _response(parsed, response_id, status, [_message(item_id, result.text, status)], result)
     if parsed.store:
         store.put(response, (*parsed.turns, Turn("assistant", result.text)))
     return response
@@ -256,7 +270,10 @@ async def _events(events: AsyncIterator[Any], parsed: ResponsesCall, store: Resp
             yield event("response.output_text.delta", **where, delta=item.text, logprobs=[])
         elif isinstance(item, Outcome):
             if item.error is not None:
-                yield event("error", **openai_error_body(item.error)["error"])
+                error = openai_error_body(item.error)["error"]
+                yield event("error", code=error["code"], message=error["message"], param=error["param"])
+                failed = {**started, "status": "failed", "error": {"code": error["code"], "message": error["message"]}}
+                yield event("response.failed", response=failed)
                 return
             response = _finish(parsed, item, store, ids)
             message = response["output"][0]

@@ -17,7 +17,7 @@ from support.servers import LiveServer
 
 from llava_edge import Captioner, GenerationOptions
 from llava_edge.server import request_fields
-from llava_edge.server.conversation import MAX_MESSAGES
+from llava_edge.server.conversation import MAX_MESSAGES, Turn
 from llava_edge.server.sampling_fields import MAX_STOP_CHARS
 
 GREEDY = GenerationOptions(max_tokens=12, temperature=0.0)
@@ -169,3 +169,16 @@ def test_the_docs_table_lists_every_field_the_code_decides() -> None:
     for name, table in tables.items():
         missing = [field for field in table if not re.search(rf"`{re.escape(field)}`", docs)]
         assert not missing, f"{name}: {missing} are not in docs/server.md"
+
+
+def test_turn_separators_are_control_tokens_and_client_text_cannot_make_one(captioner: Captioner) -> None:
+    eos = captioner.runtime.layout([], ["a [/INST] b</s>[INST] c"])[0].tokens
+    assert 2 in eos  # "</s>" between turns is Mistral's end-of-sequence token, as llama-mtmd-cli reads it
+    client = Turn("user", "x</s>y<</s>s>z<unk>")
+    assert client.text == "xyz"
+
+
+def test_a_conversation_too_long_for_any_tokenization_is_refused_before_it_is_tokenized(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="characters"):
+        client.chat.completions.create(model="llava", max_tokens=2,
+                                       messages=[{"role": "user", "content": "word " * 40_000}])

@@ -14,6 +14,10 @@ from support.images import data_uri
 from support.servers import LiveServer
 
 from llava_edge import Captioner, GenerationOptions
+from llava_edge.models.catalog import ModelFiles
+from llava_edge.server.conversation import Turn
+from llava_edge.server.response_store import ResponseStore
+from llava_edge.server.settings import ServerSettings
 
 KEY = "sixteen-char-key-0"
 GREEDY = GenerationOptions(max_tokens=8, temperature=0.0)
@@ -137,3 +141,38 @@ def test_image_urls_follow_the_fetch_policy(serve: Callable[..., LiveServer]) ->
     with pytest.raises(openai.BadRequestError, match="non-public address"):
         client.responses.create(model="llava", input=[{"role": "user", "content": [  # type: ignore[list-item]
             {"type": "input_image", "image_url": "http://127.0.0.1:9/secret.png", "detail": "low"}]}])
+
+
+def test_a_stream_that_fails_part_way_ends_with_error_and_response_failed(tiny_files: ModelFiles) -> None:
+    """An answer past its deadline after the stream began: OpenAI's ``error`` event, then ``response.failed``."""
+    slow = GenerationOptions(max_tokens=4000, temperature=0.0, deadline_s=0.05)
+    with Captioner(model_path=tiny_files.model_path, mmproj_path=tiny_files.mmproj_path, generation=slow) as model:
+        server = LiveServer(model, ServerSettings())
+        try:
+            body = {"model": "llava", "input": "Tell me everything.", "stream": True}
+            with httpx.stream("POST", f"{server.http}/v1/responses", json=body, timeout=60) as answer:
+                lines = [line for line in answer.iter_lines() if line]
+        finally:
+            server.stop()
+    events = [(lines[i][7:], json.loads(lines[i + 1][6:])) for i in range(0, len(lines), 2)]
+    kinds = [kind for kind, _ in events]
+    assert kinds[-2:] == ["error", "response.failed"]
+    error = events[-2][1]
+    assert error["type"] == "error" and error["code"] == "timeout" and error["message"]
+    assert events[-1][1]["response"]["status"] == "failed"
+
+
+def test_metadata_is_held_to_openai_s_bounds(serve: Callable[..., LiveServer]) -> None:
+    client = openai.OpenAI(base_url=f"{serve().http}/v1", api_key="unused", max_retries=0)
+    kept = client.responses.create(model="llava", input="Hi", metadata={"job": "42"}, max_output_tokens=2)
+    assert kept.metadata == {"job": "42"}
+    with pytest.raises(openai.BadRequestError, match="metadata"):
+        client.responses.create(model="llava", input="Hi", metadata={"big": "x" * 513}, max_output_tokens=2)
+
+
+def test_the_store_counts_every_byte_it_keeps() -> None:
+    store = ResponseStore(max_entries=100, max_bytes=10_000, ttl_s=60)
+    for index in range(5):
+        store.put({"id": f"resp_{index}", "tools": ["x" * 3000]}, (Turn("user", "é" * 10),))
+    assert store.get("resp_0") is None and store.get("resp_1") is None  # 3 of about 3,050 bytes fit
+    assert store.get("resp_4") is not None

@@ -18,6 +18,8 @@ def discover_images(sources: Iterable[str], *, recursive: bool = False) -> list[
 
     A folder gives its image files (by suffix, hidden ones left out), in sorted order, and those of its
     subfolders with ``recursive``; a glob gives its matching image files (``**`` with ``recursive``).
+    Neither follows a link to a folder out of the folder named (a glob's part before its first wildcard), so
+    the sidecars written beside the images stay inside it: a dataset cannot lead a run's writes elsewhere.
     Duplicates are dropped, the first occurrence kept.
     """
     found: dict[str, None] = {}
@@ -31,9 +33,29 @@ def _expand(source: str, recursive: bool) -> list[str]:
     if os.path.isdir(source):
         return _walk(source, recursive)
     if _GLOB_CHARS.search(source) and not os.path.exists(source) and not _is_reference(source):
-        matches = glob.glob(source, recursive=recursive)
-        return sorted(os.path.normpath(path) for path in matches if os.path.isfile(path) and _is_image_name(path))
+        return _glob(source, recursive)
     return [os.path.normpath(source) if os.path.isfile(source) else source]
+
+
+def _glob(pattern: str, recursive: bool) -> list[str]:
+    """The pattern's image files, none reached through a link to a folder outside its fixed part."""
+    root = os.path.realpath(_fixed_part(pattern))
+    matches = glob.glob(pattern, recursive=recursive)
+    return sorted(os.path.normpath(path) for path in matches
+                  if os.path.isfile(path) and _is_image_name(path) and _inside(root, os.path.dirname(path)))
+
+
+def _fixed_part(pattern: str) -> str:
+    """``photos/**/*.png`` -> ``photos``; ``*.png`` -> ``.``."""
+    folder = os.path.dirname(pattern)
+    while _GLOB_CHARS.search(folder):
+        folder = os.path.dirname(folder)
+    return folder or os.curdir
+
+
+def _inside(root: str, folder: str) -> bool:
+    real = os.path.realpath(folder or os.curdir)
+    return os.path.commonpath([root, real]) == root
 
 
 def _walk(root: str, recursive: bool) -> list[str]:

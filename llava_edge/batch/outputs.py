@@ -33,10 +33,11 @@ class SidecarWriter:
 
     def done(self, image: str, digest: Callable[[], str]) -> bool:
         try:
-            sidecar, source = os.stat(sidecar_path(image)), os.stat(image)
+            sidecar, source = os.lstat(sidecar_path(image)), os.stat(image)  # a link is no sidecar of ours
         except OSError:
             return False
-        return not os.path.samestat(sidecar, source) and sidecar.st_mtime >= source.st_mtime
+        return (stat.S_ISREG(sidecar.st_mode) and not os.path.samestat(sidecar, source)
+                and sidecar.st_mtime >= source.st_mtime)
 
     def write(self, record: BatchRecord) -> None:
         if record.text is None:

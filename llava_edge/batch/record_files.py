@@ -2,7 +2,9 @@
 
 A killed run never leaves a corrupt file. Each record is appended with a single ``write`` and the file
 is fsynced at intervals and on close; reopening cuts off a truncated last record (the only damage a
-kill can do) and reads the records already there, so that a rerun skips them.
+kill can do) and reads the records already there, so that a rerun skips them. The file is never opened
+through a symbolic link (``photos.files.open_own``): an ``--out`` in a dataset folder could be a link planted
+there, leading to a file outside.
 
 Both files are UTF-8 text whatever the file names. JSONL keeps every value exactly (a name that is not
 UTF-8 as ``\\udcXX`` escapes, see ``records.json_text``). CSV is for spreadsheets: a byte of a name that
@@ -24,6 +26,7 @@ from typing import Any
 from llava_edge.batch.records import BatchRecord, json_text, printable_name
 from llava_edge.errors import OutputFileError
 from llava_edge.host.files import acquire_lock
+from llava_edge.photos.files import open_own, read_all
 
 FORMATS = ("jsonl", "csv")
 FSYNC_INTERVAL_S = 1.0
@@ -54,9 +57,13 @@ class AppendLog:
         """Bytes of a truncated last record cut off when the file was opened."""
         self._keys: set[tuple[str, str]] = set()
         self._images: set[str] = set()
-        created = not self.path.exists()
+        created = not os.path.lexists(self.path)
         self._release_lock = _lock(self.path)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self._fd: int | None = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode=0o644)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             self._recover()
             if created:
@@ -102,11 +109,10 @@ class AppendLog:
         """Write what an empty file begins with."""
 
     def _recover(self) -> None:
-        with open(self.path, "rb") as existing:
-            data = existing.read()
+        assert self._fd is not None
+        data = read_all(self._fd)
         end = self._scan(self._entries(data))
         if end < len(data):
-            assert self._fd is not None
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
             self.repaired_bytes = len(data) - end

@@ -9,7 +9,8 @@
   image's stem, or its path with ``--full_path``), other keys of an entry (``tags``, ...) kept, rewritten
   atomically with ``indent=2``.
 
-Read-modify-write cycles hold a lock on the file's folder (``files.folder_lock``).
+Read-modify-write cycles hold a lock on the file's folder (``files.folder_lock``). Neither file is read or
+written through a symbolic link (``files.open_own``): one there is refused with an ``OutputFileError``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from llava_edge.errors import OutputFileError
 from llava_edge.photos import files
 from llava_edge.photos.caption_text import Action, IfExists, compose
 from llava_edge.photos.targets import KohyaKey, TextOptions
+
+_JSONL, _KOHYA = "metadataJsonl", "kohyaJson"
+"""The options that name the files, for errors."""
 
 
 def jsonl_file_name(image: Path, jsonl: Path) -> str:
@@ -36,17 +41,21 @@ def jsonl_file_name(image: Path, jsonl: Path) -> str:
     if relative == os.pardir or relative.startswith(os.pardir + os.sep) or os.path.isabs(relative):
         raise OutputFileError(f"{image} is outside {jsonl.parent}, the folder of {jsonl}; an imagefolder dataset lists "
                               "only files in its folder. Put metadata.jsonl at the dataset's root.",
-                              parameter="metadataJsonl")
+                              parameter=_JSONL)
     return relative.replace(os.sep, "/")
 
 
 def read_jsonl_caption(image: Path, jsonl: Path, column: str) -> str | None:
-    """The caption ``jsonl`` holds for ``image``, or ``None``."""
-    if not jsonl.exists():
+    """The caption ``jsonl`` holds for ``image``, or ``None``.
+
+    Raises:
+        OutputFileError: the file is a symbolic link, or a line other than the last is not JSON.
+    """
+    found = _read_jsonl(jsonl)
+    if found.stat is None:
         return None
     name = jsonl_file_name(image, jsonl)
-    lines, _ = _read_jsonl(jsonl)
-    for _, record in lines:
+    for _, record in found.lines:
         if _same_name(record.get("file_name"), name):
             value = record.get(column)
             return value if isinstance(value, str) else None
@@ -59,11 +68,13 @@ def write_jsonl(
     """Add or update ``image``'s line in ``jsonl``.
 
     Raises:
-        OutputFileError: the image is outside the file's folder, or a line other than the last is not JSON.
+        OutputFileError: the image is outside the file's folder, the file is a symbolic link, or a line other
+            than the last is not JSON.
     """
     name = jsonl_file_name(image, jsonl)
     with files.folder_lock(jsonl.parent):
-        lines, good_end = _read_jsonl(jsonl)
+        found = _read_jsonl(jsonl)
+        lines = found.lines
         index = next((i for i, (_, record) in enumerate(lines) if _same_name(record.get("file_name"), name)), None)
         existing = lines[index][1].get(column) if index is not None else None
         new, action = compose(existing if isinstance(existing, str) else None, caption, if_exists,
@@ -72,16 +83,16 @@ def write_jsonl(
             return action
         if index is None:
             line = _json_line({"file_name": name, column: new})
-            if jsonl.exists() and jsonl.stat().st_size > good_end:
-                files.truncate(jsonl, good_end)
-            if good_end and not _ends_with_newline(jsonl):
+            if found.size > found.good_end:
+                files.truncate(jsonl, found.good_end, parameter=_JSONL)
+            if found.good_end and not found.newline_at_good_end:
                 line = b"\n" + line  # another program left the last line open
-            files.append_bytes(jsonl, line)
+            files.append_bytes(jsonl, line, parameter=_JSONL)
             return action
         record = dict(lines[index][1])
         record[column] = new
         lines[index] = (_json_line(record), record)
-        files.replace_file(jsonl, b"".join(line for line, _ in lines), original=os.stat(jsonl))
+        files.replace_file(jsonl, b"".join(line for line, _ in lines), original=found.stat)
     return action
 
 
@@ -90,7 +101,7 @@ def kohya_key(image: Path, style: KohyaKey) -> str:
 
 
 def read_kohya_caption(image: Path, path: Path, style: KohyaKey) -> str | None:
-    entry = _read_kohya(path).get(kohya_key(image, style))
+    entry = _read_kohya(path)[1].get(kohya_key(image, style))
     value = entry.get("caption") if isinstance(entry, dict) else None
     return value if isinstance(value, str) else None
 
@@ -105,29 +116,41 @@ def write_kohya(
     """
     key = kohya_key(image, style)
     with files.folder_lock(path.parent):
-        metadata = _read_kohya(path)
+        found, metadata = _read_kohya(path)
         entry = metadata.get(key, {})
         if not isinstance(entry, dict):
             raise OutputFileError(f"{path} holds {type(entry).__name__} for {key!r}, not an object; fix or move the "
-                                  "file.", parameter="kohyaJson")
+                                  "file.", parameter=_KOHYA)
         existing = entry.get("caption")
         new, action = compose(existing if isinstance(existing, str) else None, caption, if_exists,
                               prefix=text.prefix, suffix=text.suffix)
         if new is None:
             return action
         metadata[key] = {**entry, "caption": new}
-        found = os.stat(path) if path.exists() else None
         files.replace_file(path, (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode(), original=found)
     return action
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
-    """The records of a ``metadata.jsonl`` as (line, record), and where the last complete one ends; a last line
-    without its newline that does not parse (a killed append) is left out."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], 0
+@dataclass(frozen=True)
+class _JsonlFile:
+    """A ``metadata.jsonl`` as read."""
+
+    lines: list[tuple[bytes, dict[str, Any]]]
+    """The records as (line, record)."""
+    good_end: int
+    """Where the last complete record ends; a last line without its newline that does not parse (a killed
+    append) is left out."""
+    size: int
+    newline_at_good_end: bool
+    stat: os.stat_result | None = None
+    """``None``: there is no file."""
+
+
+def _read_jsonl(path: Path) -> _JsonlFile:
+    read = files.read_own(path, parameter=_JSONL)
+    if read is None:
+        return _JsonlFile([], 0, 0, False)
+    found, data = read
     lines: list[tuple[bytes, dict[str, Any]]] = []
     start = good_end = 0
     while start < len(data):
@@ -146,29 +169,31 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
             if newline < 0:
                 break  # the remains of a killed append
             raise OutputFileError(f"{path} has a line that is not a JSON object ending at byte {end} ({err}); fix or "
-                                  "move the file.", parameter="metadataJsonl") from err
+                                  "move the file.", parameter=_JSONL) from err
         lines.append((line if line.endswith(b"\n") else line + b"\n", record))
         good_end = end
-    return lines, good_end
+    return _JsonlFile(lines, good_end, len(data), data[good_end - 1:good_end] == b"\n", found)
 
 
-def _read_kohya(path: Path) -> dict[str, Any]:
+def _read_kohya(path: Path) -> tuple[os.stat_result | None, dict[str, Any]]:
+    read = files.read_own(path, parameter=_KOHYA)
+    if read is None:
+        return None, {}
+    found, data = read
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return {}
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise OutputFileError(f"{path} is not UTF-8 JSON; fix or move it.", parameter="kohyaJson") from err
+        raise OutputFileError(f"{path} is not UTF-8 JSON; fix or move it.", parameter=_KOHYA) from err
     if not text.strip():
-        return {}
+        return found, {}
     try:
         metadata = json.loads(text)
     except ValueError as err:
-        raise OutputFileError(f"{path} is not valid JSON ({err}); fix or move it.", parameter="kohyaJson") from err
+        raise OutputFileError(f"{path} is not valid JSON ({err}); fix or move it.", parameter=_KOHYA) from err
     if not isinstance(metadata, dict):
         raise OutputFileError(f"{path} is not a kohya metadata file (a JSON object); fix or move it.",
-                              parameter="kohyaJson")
-    return metadata
+                              parameter=_KOHYA)
+    return found, metadata
 
 
 def _json_line(record: dict[str, Any]) -> bytes:
@@ -178,12 +203,6 @@ def _json_line(record: dict[str, Any]) -> bytes:
         return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     except UnicodeEncodeError:
         return (json.dumps(record) + "\n").encode("ascii")
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) == b"\n"
 
 
 def _same_name(stored: object, name: str) -> bool:

@@ -3,7 +3,8 @@
 A new sidecar is the built packet itself. An existing one is merged: exiv2 reads it, only the properties we set
 are replaced (following ``policy``), everything else (ratings, darktable's edit history, other tools' fields)
 is kept, and the result replaces the file atomically. A sidecar exiv2 cannot parse is refused and left as it
-was. Only the sidecar's own description counts as an existing one, not the image's.
+was. Only the sidecar's own description counts as an existing one, not the image's. A sidecar that is a
+symbolic link is refused (``files.open_own``), never read or written through.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def read_sidecar(path: Path) -> Existing | None:
 
     Raises:
         CorruptMetadataError: the file is not an XMP sidecar exiv2 can parse.
+        OutputFileError: it is a symbolic link.
     """
     _, data = _stat_and_read(path)
     if not data.strip():
@@ -52,6 +54,7 @@ def write_sidecar(
 
     Raises:
         CorruptMetadataError: an existing sidecar cannot be parsed (it is left as it was).
+        OutputFileError: the sidecar is a symbolic link.
         ReadOnlyImageError: the sidecar or its folder is read-only.
         PhotoMetadataError: it could not be written (disk full, changed meanwhile).
     """
@@ -80,11 +83,10 @@ def write_sidecar(
 
 def _stat_and_read(path: Path) -> tuple[os.stat_result | None, bytes]:
     try:
-        return os.stat(path), path.read_bytes()
-    except FileNotFoundError:
-        return None, b""
+        read = files.read_own(path, parameter="xmpSidecar")
     except PermissionError as err:
         raise ReadOnlyImageError(f"Cannot read the XMP sidecar {path} ({err.strerror}); fix its permissions.") from err
+    return (None, b"") if read is None else read
 
 
 def _open(data: bytes, path: Path) -> exiv2_io.Opened:

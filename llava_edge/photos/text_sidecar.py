@@ -1,6 +1,7 @@
 """Text sidecars: the caption in ``<stem>.txt`` (TagGUI, JoyCaption, kohya's taggers) or ``<stem>.caption``
 (kohya's ``make_captions.py``) beside the image, UTF-8 with no trailing newline, replaced atomically
-(``files.replace_file``: a new file gets the usual permissions, a replaced one keeps its own).
+(``files.replace_file``: a new file gets the usual permissions, a replaced one keeps its own). A sidecar that
+is a symbolic link is refused (``files.open_own``), never read or written through.
 
 The one writer of these files, for both ways a ``caption`` run makes them: ``write_text_sidecar`` for the
 photo step's text-sidecar target (``--sidecar-ext``, or ``--sidecar`` with other photo flags), which merges
@@ -31,14 +32,13 @@ def read_text_sidecar(path: Path) -> str | None:
     """The caption in a text sidecar, or ``None`` when there is none.
 
     Raises:
-        OutputFileError: the file is not UTF-8 text.
+        OutputFileError: the file is not UTF-8 text, or a symbolic link.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    read = files.read_own(path, parameter="sidecarExt")
+    if read is None:
         return None
     try:
-        return data.decode("utf-8-sig")
+        return read[1].decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise OutputFileError(f"{path} is not UTF-8 text, so a caption cannot be merged into it; move it aside and "
                               "run again.", parameter="sidecarExt") from err
@@ -51,7 +51,7 @@ def write_text_sidecar(
     and suffix); an unchanged sidecar is not rewritten.
 
     Raises:
-        OutputFileError: the sidecar would be the image itself, or is not UTF-8 text.
+        OutputFileError: the sidecar would be the image itself, is a symbolic link, or is not UTF-8 text.
     """
     path = _sidecar_of(image, extension)
     new, action = compose(read_text_sidecar(path), caption, if_exists, prefix=text.prefix, suffix=text.suffix)
@@ -65,7 +65,7 @@ def replace_text_sidecar(image: Path, caption: str, *, extension: str = PLAIN_EX
     it is not older than the image).
 
     Raises:
-        OutputFileError: the sidecar would be the image itself.
+        OutputFileError: the sidecar would be the image itself, or is a symbolic link.
         OSError: it could not be written (a read-only folder, a full disk); nothing was replaced.
     """
     path = _sidecar_of(image, extension)
@@ -82,10 +82,7 @@ def _sidecar_of(image: Path, extension: str) -> Path:
 
 
 def _replace(path: Path, caption: str) -> None:
-    try:
-        found: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        found = None
+    found = files.stat_own(path, parameter="sidecarExt")
     files.replace_file(path, caption.encode("utf-8"), original=found)
 
 

@@ -9,6 +9,7 @@ until the key is checked (``app.py``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,9 @@ from llava_edge.errors import InvalidRequestError, PayloadTooLargeError
 
 if TYPE_CHECKING:
     from fastapi import Request
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate (half of a pair, or alone)."""
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -82,4 +86,23 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequestError("The body is not valid JSON.", code="invalidJson", parameter="body") from err
     if not isinstance(value, dict):
         raise InvalidRequestError("The body must be a JSON object.", code="invalidJson", parameter="body")
+    _check_text(body, value)
     return value
+
+
+def _check_text(body: bytes, value: dict[str, Any]) -> None:
+    """Refuse a lone surrogate escape (``"\\ud800"``): valid JSON, but no UTF-8 text can hold it, so a prompt, a
+    stop string or a schema holding one would fail deep in the tokenizer. Only a body with such an escape is
+    walked.
+
+    Raises:
+        InvalidRequestError: a string of the body holds a lone surrogate.
+    """
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRequestError("The body holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
+                                  "Unicode text; send the characters themselves or complete surrogate pairs.",
+                                  code="invalidJson", parameter="body") from err

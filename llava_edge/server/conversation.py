@@ -61,6 +61,12 @@ def quoted(text: object, limit: int = 80) -> str:
     return json.dumps(value[:limit] + ("..." if len(value) > limit else ""))
 
 
+def role_of(value: object) -> str:
+    """A message's ``role`` as the conversation checks it: a string as given, any other JSON value as its JSON
+    text (``null``, ``{"a": 1}``), so the message refusing it never shows a Python repr."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
 def check_message_count(count: int) -> None:
     """Refuse more than ``MAX_MESSAGES`` messages, before any is read.
 

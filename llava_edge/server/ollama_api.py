@@ -32,7 +32,13 @@ from llava_edge.server.chat import (
     first_and_rest,
     quantization_of,
 )
-from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images
+from llava_edge.server.conversation import (
+    Turn,
+    bounded_prompt,
+    check_message_count,
+    conversation_images,
+    role_of,
+)
 from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
@@ -172,7 +178,7 @@ def _chat_turns(body: dict[str, Any]) -> list[Turn]:
         if not isinstance(content, str):
             raise InvalidRequestError("Each message must be {\"role\", \"content\", \"images\"}.",
                                       parameter="messages")
-        turns.append(Turn(str(message.get("role")), content, _images(message.get("images") or [])))
+        turns.append(Turn(role_of(message.get("role")), content, _images(message.get("images") or [])))
     return turns
 
 

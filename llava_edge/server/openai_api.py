@@ -30,7 +30,14 @@ from llava_edge.server.chat import (
     check_model,
     first_and_rest,
 )
-from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images, quoted
+from llava_edge.server.conversation import (
+    Turn,
+    bounded_prompt,
+    check_message_count,
+    conversation_images,
+    quoted,
+    role_of,
+)
 from llava_edge.server.families import openai_type
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
 from llava_edge.server.public_errors import for_client
@@ -123,7 +130,7 @@ def _turns(messages: object) -> tuple[list[Turn], str]:
         if not isinstance(message, dict):
             raise InvalidRequestError("Each message must be an object.", code="invalid_messages",
                                       parameter="messages")
-        role = str(message.get("role"))
+        role = role_of(message.get("role"))
         role = {"developer": "system", "function": "tool"}.get(role, role)
         text, images, detail = _content(message.get("content"))
         turns.append(Turn(role, text, images))

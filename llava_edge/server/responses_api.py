@@ -30,7 +30,14 @@ from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import authenticate_request, check_model, first_and_rest
-from llava_edge.server.conversation import Turn, bounded_prompt, check_message_count, conversation_images, quoted
+from llava_edge.server.conversation import (
+    Turn,
+    bounded_prompt,
+    check_message_count,
+    conversation_images,
+    quoted,
+    role_of,
+)
 from llava_edge.server.openai_api import openai_error, openai_error_body
 from llava_edge.server.request_fields import RESPONSES, check_fields
 from llava_edge.server.resident_model import ChatCall
@@ -188,7 +195,8 @@ def _item_turn(item: object) -> tuple[Turn | None, list[str]]:
     if kind != "message":
         raise InvalidRequestError(f"Unsupported input item type {quoted(kind)}; send messages.",
                                   code="invalid_input", parameter="input")
-    role = {"developer": "system"}.get(str(item.get("role")), str(item.get("role")))
+    role = role_of(item.get("role"))
+    role = {"developer": "system"}.get(role, role)
     text, images, details = _content(item.get("content"))
     return Turn(role, text, images), details
 

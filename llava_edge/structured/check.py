@@ -123,7 +123,15 @@ def _check_meta_schema(schema: dict[str, Any], refuse: _Refusal) -> None:
         validator.check_schema(schema)
     except jsonschema.exceptions.SchemaError as err:
         where = "/".join(str(part) for part in err.absolute_path) or "the root"
-        raise refuse(f"it is not a valid JSON Schema (at {where}: {err.message[:200]})") from None
+        # jsonschema's own message quotes the values as Python reprs ({'a': None}); ours quotes them as JSON
+        rule = f"{err.validator} {_json_excerpt(err.validator_value)}"
+        raise refuse(f"it is not a valid JSON Schema (at {where}: {_json_excerpt(err.instance)} breaks the "
+                     f"meta-schema's rule {rule})") from None
+
+
+def _json_excerpt(value: object, limit: int = 80) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Walker:

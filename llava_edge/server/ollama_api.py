@@ -225,7 +225,7 @@ async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: f
             yield json.dumps({**piece, **content}) + "\n"
         elif isinstance(event, Outcome):
             if event.error is not None:
-                yield json.dumps({"error": event.error.message}) + "\n"
+                yield json.dumps({"error": for_client(event.error).message}) + "\n"
                 continue
             final = _final(model, event.result, chat, time.perf_counter() - started)
             empty = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}

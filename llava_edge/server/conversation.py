@@ -58,7 +58,7 @@ def without_control_text(text: str) -> str:
 def quoted(text: object, limit: int = 80) -> str:
     """Client text as an error message or log line quotes it: JSON-escaped, at most ``limit`` characters."""
     value = text if isinstance(text, str) else json.dumps(text, default=str)
-    return json.dumps(value[:limit] + ("..." if len(value) > limit else ""))
+    return json.dumps(value[:limit])
 
 
 def role_of(value: object) -> str:

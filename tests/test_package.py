@@ -107,7 +107,6 @@ OVERSIZED_MODULES = {
     "models/download.py",
     "models/file_check.py",
     "models/synthetic.py",
-    "server/task_service.py",
 }
 
 

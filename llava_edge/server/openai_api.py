@@ -25,9 +25,11 @@ from llava_edge.events import Progress, TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.chat import (
+    answer_while_connected,
     authenticate_request,
     check_model,
     first_and_rest,
+    stream_while_connected,
 )
 from llava_edge.server.conversation import Turn, check_message_count, conversation_images, conversation_prompt, quoted
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
@@ -57,12 +59,12 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
             return openai_error(err)
         if stream:
             usage, progress = _stream_flags(body.get("stream_options"))
-            first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
+            first, events = await first_and_rest(stream_while_connected(request, service, call))
             if isinstance(first, Outcome) and first.error is not None:
                 return openai_error(first.error)
             return StreamingResponse(_sse(events, model, usage, include_progress=progress),
                                      media_type="text/event-stream")
-        outcome = await service.chat(call, base_url=str(request.base_url))
+        outcome = await answer_while_connected(request, service, call)
         if outcome.error is not None:
             return openai_error(outcome.error)
         return JSONResponse(_completion(model, outcome.result))
@@ -109,7 +111,7 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     call = ChatCall(conversation_images(turns), conversation_prompt(turns), options, detail,
-                    model=requested.swap, structure=openai_structure(body.get("response_format")))
+                    model=requested.target, structure=openai_structure(body.get("response_format")))
     return call, requested.name, stream
 
 

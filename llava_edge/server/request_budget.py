@@ -42,10 +42,11 @@ def check_before_decoding(sizes: Sequence[tuple[int, int]], *, detail: str, imag
     answer = 1 if max_tokens == UNTIL_CONTEXT_FULL else max_tokens
     if images + text + answer <= n_ctx:
         return
-    what = "The image takes" if len(sizes) == 1 else f"The {len(sizes)} images take"
+    what = "The image" if len(sizes) == 1 else f"The {len(sizes)} images"
     raise ContextOverflowError(
-        f"{what} {images} tokens; with the prompt (at least {text} tokens) and max_tokens ({answer}) that is at "
-        f"least {images + text + answer} tokens, more than n_ctx {n_ctx}. Send fewer images, use "
-        "detail=\"low\", lower max_tokens, or load the model with a larger n_ctx.",
+        f"{what} ({images} tokens) plus prompt (at least {text} tokens) plus max_tokens ({answer}) is at least "
+        f"{images + text + answer} tokens, more than n_ctx {n_ctx}. "
+        f"{'Send fewer images, use' if len(sizes) > 1 else 'Use'} detail=\"low\", lower "
+        "max_tokens, or load the model with a larger n_ctx.",
         parameter="maxTokens" if images + text < n_ctx else "messages",
     )

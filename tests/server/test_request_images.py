@@ -65,7 +65,7 @@ def test_images_that_cannot_fit_the_context_are_refused_before_any_is_decoded(
     runware = post(server, [task])
 
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "maxContextLengthExceeded"
-    assert "8 images take 23040 tokens" in refused.json()["error"]["message"]
+    assert "The 8 images (23040 tokens) plus prompt" in refused.json()["error"]["message"]
     assert runware.status_code == 400 and runware.json()["errors"][0]["code"] == "maxContextLengthExceeded"
     assert decodes == []  # nothing was decoded: the headers' sizes decided
     assert chat(server, eight[:1]).status_code == 200 and len(decodes) == 1  # one fits, and is decoded

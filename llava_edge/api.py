@@ -76,7 +76,7 @@ class Captioner:
     Args:
         model: a variant id (``"Q4_K_M"``), alias, Runware AIR id (``"runware:150@2"``) or
             ``"synthetic-tiny"``; ``None`` is the registry's default.
-        model_path, mmproj_path: explicit local GGUF files instead of ``model``.
+        model_path, mmproj_path: explicit local GGUF files instead of ``model`` (``files``: resolved ones).
         runtime: how to load (device, n_ctx, threads, ...).
         generation: default sampling options for every call.
         offline: only use the local cache (default: ``HF_HUB_OFFLINE``).
@@ -100,9 +100,10 @@ class Captioner:
         image_limits: ImageLimits | None = None,
         image_store: ImageStore | None = None,
         cost_model: CostModel | None = None,
+        files: ModelFiles | None = None,
     ):
         refuse_unsupported_os()
-        self.files: ModelFiles = model_files(
+        self.files: ModelFiles = files or model_files(
             model, model_path=model_path, mmproj_path=mmproj_path, registry=registry,
             cache_dir=cache_dir, offline=offline, quantize=quantize_gguf,
         )
@@ -119,15 +120,16 @@ class Captioner:
     def model_name(self) -> str:
         return self.files.name
 
-    def another(self, model: str) -> Captioner:
-        """A ``Captioner`` for another model already on this machine, with this one's settings (runtime,
-        generation defaults, image limits and store, cost model). Nothing is downloaded.
+    def another(self, model: str | ModelFiles) -> Captioner:
+        """A ``Captioner`` for another model on this machine (a name, or the files of one loaded before), with this
+        one's settings (runtime, generation defaults, image limits and store, cost model). Nothing is downloaded.
 
         Raises:
             ModelNotCachedError: the model's files are not here; UnknownModelError, ModelFileError.
         """
+        named, files = (None, model) if isinstance(model, ModelFiles) else (model, None)
         return Captioner(
-            model, runtime=self.runtime.options, generation=self.generation, registry=self.registry,
+            named, files=files, runtime=self.runtime.options, generation=self.generation, registry=self.registry,
             cache_dir=self.cache_dir, offline=True, image_limits=self.image_limits, image_store=self.image_store,
             cost_model=self.cost_model,
         )

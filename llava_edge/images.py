@@ -126,6 +126,21 @@ def decode_image_bytes(data: bytes, limits: ImageLimits) -> Image.Image:
         return _to_rgb(image, owned=True)
 
 
+def image_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """Width and height read from the header alone (no pixel is decoded), after the format and the image's own
+    limits (``max_pixels``, ``max_decode_bytes``) are checked: enough to refuse a request before decoding it.
+
+    Raises:
+        InvalidImageError: as ``decode_image_bytes`` for what the header shows.
+    """
+    if not data:
+        raise InvalidImageError("The image is empty (0 bytes).")
+    with decoding(data), Image.open(io.BytesIO(data)) as image:
+        _check_format(image)
+        _check_pixels(image, limits)
+        return image.size
+
+
 @contextmanager
 def decoding(data: bytes | None = None) -> Iterator[None]:
     """Where Pillow reads untrusted pixels or metadata: whatever it raises becomes an ``InvalidImageError``

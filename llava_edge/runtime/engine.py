@@ -116,10 +116,11 @@ class LlavaRuntime:
             raise CaptionCancelledError("The caption was cancelled before it finished.")
 
     def close(self) -> bool:
-        """Free the llama.cpp and libmtmd contexts; the runtime is unusable afterwards. True when this call
-        freed the model (False when it was closed already)."""
+        """Free the llama.cpp and libmtmd contexts and the prefix cache's memory; the runtime is unusable
+        afterwards. True when this call freed the model (False when it was closed already)."""
         with self._lock:
             freed = self._model is not None
+            self.prefix_cache.clear()  # its states belong to this model: kept, they would sit beside the next one
             if self._mtmd is not None:
                 mtmd.mtmd_free(self._mtmd)
                 self._mtmd = None

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from llava_edge.errors import (
 from llava_edge.schema import task_identity
 from llava_edge.server.auth import bearer_key, first_task
 from llava_edge.server.bodies import check_size, read_up_to, too_large
+from llava_edge.server.chat import request_client
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.families import add_route_errors
 from llava_edge.server.guard import RequestGuard
@@ -52,6 +54,7 @@ from llava_edge.server.ollama_pull import add_pull_routes
 from llava_edge.server.openai_api import add_openai_routes
 from llava_edge.server.openapi import REST_DESCRIPTION, REST_OPENAPI, REST_RESPONSES
 from llava_edge.server.page import add_page_routes
+from llava_edge.server.read_policy import client_key
 from llava_edge.server.request_log import RefusalLog, note_refusal, show_server_logs
 from llava_edge.server.resources import add_resources
 from llava_edge.server.responses_api import add_responses_routes
@@ -142,7 +145,8 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
         except LlavaEdgeError as err:
             return _envelope([Outcome.failure(err)])
         base_url, client = _http_base(request.base_url), _client(request)
-        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client) for task in tasks))
+        reader = request_client(request)
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client, reader) for task in tasks))
         return _envelope(list(outcomes))
 
     options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
@@ -150,10 +154,12 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
     app.add_api_route("/", post_tasks, include_in_schema=False, **options)
 
 
-async def _answer(service: TaskService, task: Any, base_url: str, client: str) -> Outcome:
+async def _answer(service: TaskService, task: Any, base_url: str, client: str, reader: str) -> Outcome:
+    """One task of a REST request: ``client`` is the address (the authentication brake's key), ``reader`` the
+    client whose turn its image fetches take (``read_policy.client_key``)."""
     if task_identity(task)[0] == AUTH_TASK_TYPE:
         return service.authenticate(task, client)
-    return await service.run(task, base_url=base_url)
+    return await service.run(task, base_url=base_url, client=reader)
 
 
 def _client(request: Request | WebSocket) -> str:
@@ -256,6 +262,8 @@ class _Connection:
         self.service = service
         self.base_url = _http_base(websocket.base_url)
         self.authenticated = False
+        self.client = client_key(connection=uuid.uuid4().hex)
+        """This connection, as the client its image fetches count for."""
         self._send_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
         self._unanswered: set[str] = set()
@@ -325,7 +333,7 @@ class _Connection:
         if task_uuid:
             self._unanswered.add(task_uuid)
         try:
-            outcome = await self.service.run(raw, base_url=self.base_url)
+            outcome = await self.service.run(raw, base_url=self.base_url, client=self.client)
         finally:
             self._unanswered.discard(task_uuid or "")
         try:

@@ -5,6 +5,7 @@ authentication, and reading a JSON body.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator
@@ -16,10 +17,14 @@ from llava_edge.errors import (
     LlavaEdgeError,
     UnknownModelError,
 )
+from llava_edge.events import Progress, TextDelta
 from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
 from llava_edge.server.conversation import quoted
 from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
+from llava_edge.server.read_policy import client_key
+from llava_edge.server.resident_model import ChatCall
+from llava_edge.server.task_results import Outcome
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
     from llava_edge.server.task_service import TaskService
 
 T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+"""How often a non-streamed chat answer checks that its client is still there."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,25 +80,25 @@ def _registry_path(service: TaskService) -> str | None:
 
 @dataclass(frozen=True)
 class RequestedModel:
-    """A chat request's ``model``, resolved once."""
+    """A request's ``model``, resolved once."""
 
     name: str
     """As the request gave it: answers echo it."""
-    swap: str | None
-    """The installed model to swap in before answering; None when the name is the resident model's."""
+    target: str
+    """The id of the installed model that answers it (swapped in first when another one is resident)."""
 
 
 def check_model(name: object, service: TaskService) -> RequestedModel:
-    """The requested model when it names the resident model or another installed one.
+    """The installed model a request's ``model`` names, resolved as every API resolves it (``resolve_model``).
 
     Raises:
-        UnknownModelError: a model that is not on this machine.
+        InvalidRequestError: no model named; UnknownModelError: a model that is not on this machine.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
-    swap = _swap_target(name, service)
-    if swap is not None or name.strip().lower() in _lowered(resident_names(service)):
-        return RequestedModel(name, swap)
+    target = resolve_model(name, service)
+    if target is not None:
+        return RequestedModel(name, target)
     installed = installed_model_ids(service)
     raise UnknownModelError(
         f"Model {quoted(name)} is not on this machine. Installed: {', '.join(installed[:8])}; "
@@ -101,16 +108,50 @@ def check_model(name: object, service: TaskService) -> RequestedModel:
     )
 
 
-def _swap_target(name: str, service: TaskService) -> str | None:
-    """The installed model to swap in for a request naming ``name``; None when it names the resident one
-    (or nothing installed)."""
-    key = name.strip().lower()
-    if key in _lowered(resident_names(service)):
-        return None
+def resolve_model(name: str, service: TaskService) -> str | None:
+    """The id of the installed model ``name`` picks, the same on every API (Runware tasks included); None when
+    it picks none. The generic names (``llava``, ``runware:150@2``, ...) always mean the start model, even
+    after a swap and when it was loaded from files no registry lists; a model whose files are the resident's
+    or the start model's is that one."""
+    key, start, resident = name.strip().lower(), service.resident.start_model, service.captioner.model_name
+    if key in _lowered(list(GENERIC_NAMES)):
+        return start
+    for model in (resident, start):
+        if key in _lowered([model, *_registered(model, _registry_path(service))[0]]):
+            return model
     target = {known.lower(): model for known, model in name_table(service).items()}.get(key)
-    if target is None or target == service.captioner.model_name:
+    if target is None:
         return None
-    return None if installed_files(target, service).model_path == service.captioner.files.model_path else target
+    files = installed_files(target, service).model_path
+    return {service.captioner.files.model_path: resident, service.resident.start_files.model_path: start}.get(
+        files, target)
+
+
+def task_model(name: str, service: TaskService) -> str:
+    """The installed model a Runware task's ``model`` names, resolved as the chat APIs resolve it.
+
+    Raises:
+        UnknownModelError: no installed model has that name (Runware's ``invalidModel``).
+    """
+    target = resolve_model(name, service)
+    if target is None:
+        raise UnknownModelError(f"Model {quoted(name)} is not on this machine; name runware:150@2 (the model this "
+                                f"server started with, {service.resident.start_model}) or an installed model.")
+    return target
+
+
+def refuse_unpinned(model: str, service: TaskService) -> None:
+    """Under ``--no-swap`` only the start model answers: refuse a request for any other.
+
+    Raises:
+        InvalidRequestError: ``modelPinned``, naming the model that answers.
+    """
+    start = service.resident.start_model
+    if service.settings.pin_model and model != start:
+        raise InvalidRequestError(
+            f"This server answers with {start} only (it was started with --no-swap); {model} is installed but "
+            f"cannot be loaded. Name {start} (or llava), or restart the server without --no-swap.",
+            code="modelPinned", parameter="model")
 
 
 def _lowered(names: list[str]) -> set[str]:
@@ -121,6 +162,32 @@ def authenticate_request(request: Request, service: TaskService) -> None:
     """Check the request's ``Authorization: Bearer`` key (the server's key, when it has one)."""
     service.auth.verify(request.client.host if request.client else "",
                         bearer_key(request.headers.get("authorization", "")))
+
+
+def request_client(request: Request) -> str:
+    """The client an HTTP request counts for (``read_policy.client_key``): its API key, else its address."""
+    return client_key(api_key=bearer_key(request.headers.get("authorization", "")) or None,
+                      address=request.client.host if request.client else "")
+
+
+async def answer_while_connected(request: Request, service: TaskService, call: ChatCall) -> Outcome:
+    """``service.chat(call)`` for a non-streamed answer, watching the client meanwhile: when it disconnects, the
+    call is cancelled as a closed stream's is (``TaskService.cancel_chat``), so a caption nobody waits for
+    stops at its next step, and a queued one never runs."""
+    answer = asyncio.ensure_future(service.chat(call, base_url=str(request.base_url), client=request_client(request)))
+    while not answer.done():
+        await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
+        if not answer.done() and await request.is_disconnected():
+            service.cancel_chat(call)
+            break
+    return await answer
+
+
+def stream_while_connected(request: Request, service: TaskService,
+                           call: ChatCall) -> AsyncIterator[Progress | TextDelta | Outcome]:
+    """``service.chat_stream(call)`` for this request's client: leaving the stream (the client disconnected)
+    cancels the call."""
+    return service.chat_stream(call, base_url=str(request.base_url), client=request_client(request))
 
 
 async def first_and_rest(events: AsyncIterator[T]) -> tuple[T, AsyncIterator[T]]:

@@ -42,13 +42,17 @@ from llava_edge.command_options import ModelLoad, runtime_options
                    "follow-up answers (about 360 MB per 672x672 image on the 7B model; 0 keeps only the last).")
 @click.option("--allow-host", "host_names", metavar="NAME", multiple=True,
               help="A Host name clients may use besides IP addresses and localhost (DNS-rebinding defence).")
+@click.option("--no-swap", is_flag=True,
+              help="Pin the start model: a request naming another installed model is refused instead of swapping "
+                   "it in (by default it is swapped in once the loaded one has not been asked for in 30 s).")
 @click.option("--allow-pull", is_flag=True,
               help="Let clients download models through /api/pull on a non-loopback bind without a key.")
 @runtime_options
 def serve_command(host: str | None, port: int | None, api_key: str | None, max_queue: int | None,
                   result_ttl: int | None, fetch_hosts: tuple[str, ...], no_fetch: bool, allow_private_fetch: bool,
                   shutdown_timeout: float | None, no_auth: bool, origins: tuple[str, ...],
-                  host_names: tuple[str, ...], prefix_cache_mb: int, allow_pull: bool, load: ModelLoad) -> None:
+                  host_names: tuple[str, ...], prefix_cache_mb: int, no_swap: bool, allow_pull: bool,
+                  load: ModelLoad) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
     from llava_edge.server.settings import ServerSettings, normalise_host
 
@@ -60,7 +64,7 @@ def serve_command(host: str | None, port: int | None, api_key: str | None, max_q
                              "fetch_hosts": allowed_hosts, "allow_private_fetch": allow_private_fetch,
                              "no_auth": no_auth, "allow_origins": frozenset(origins),
                              "allow_hosts": frozenset(name.lower() for name in host_names),
-                             "offline": bool(load.offline), "allow_pull": allow_pull}
+                             "offline": bool(load.offline), "allow_pull": allow_pull, "pin_model": no_swap}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:

@@ -27,10 +27,12 @@ from llava_edge.generation import GenerationOptions
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
+    answer_while_connected,
     authenticate_request,
     check_model,
     first_and_rest,
     quantization_of,
+    stream_while_connected,
 )
 from llava_edge.server.conversation import (
     Turn,
@@ -74,7 +76,7 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
             requested = check_model(body.get("model", body.get("name")), service)
         except LlavaEdgeError as err:
             return ollama_error(err)
-        entry = _model_entry(service, requested.swap or service.captioner.model_name)
+        entry = _model_entry(service, requested.target)
         return JSONResponse({"modelfile": "", "parameters": "", "template": service.captioner.files.template,
                              "details": entry["details"], "model_info": {"general.architecture": "llama"},
                              "capabilities": list(CAPABILITIES), "modified_at": entry["modified_at"]})
@@ -116,11 +118,11 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
-        first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
+        first, events = await first_and_rest(stream_while_connected(request, service, call))
         if isinstance(first, Outcome) and first.error is not None:
             return ollama_error(first.error)
         return StreamingResponse(_ndjson(events, model, chat, started), media_type="application/x-ndjson")
-    outcome = await service.chat(call, base_url=str(request.base_url))
+    outcome = await answer_while_connected(request, service, call)
     if outcome.error is not None:
         return ollama_error(outcome.error)
     return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started))
@@ -140,7 +142,7 @@ def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
     if not turns:
         return requested.name, None, stream
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
-    call = ChatCall(conversation_images(turns), prompt, options, model=requested.swap,
+    call = ChatCall(conversation_images(turns), prompt, options, model=requested.target,
                     structure=ollama_structure(body), budget=budget)
     return requested.name, call, stream
 

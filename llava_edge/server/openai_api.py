@@ -26,9 +26,11 @@ from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
+    answer_while_connected,
     authenticate_request,
     check_model,
     first_and_rest,
+    stream_while_connected,
 )
 from llava_edge.server.conversation import (
     Turn,
@@ -63,12 +65,12 @@ def add_openai_routes(app: FastAPI, service: TaskService) -> None:
             return openai_error(err)
         if stream:
             usage, progress = _stream_flags(body.get("stream_options"))
-            first, events = await first_and_rest(service.chat_stream(call, base_url=str(request.base_url)))
+            first, events = await first_and_rest(stream_while_connected(request, service, call))
             if isinstance(first, Outcome) and first.error is not None:
                 return openai_error(first.error)
             return StreamingResponse(_sse(events, model, usage, include_progress=progress),
                                      media_type="text/event-stream")
-        outcome = await service.chat(call, base_url=str(request.base_url))
+        outcome = await answer_while_connected(request, service, call)
         if outcome.error is not None:
             return openai_error(outcome.error)
         return JSONResponse(_completion(model, outcome.result))
@@ -115,7 +117,7 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
-    call = ChatCall(conversation_images(turns), prompt, options, detail, model=requested.swap,
+    call = ChatCall(conversation_images(turns), prompt, options, detail, model=requested.target,
                     structure=openai_structure(body.get("response_format")), budget=requested_budget(body))
     return call, requested.name, stream
 

@@ -1,8 +1,10 @@
 """The server's one resident model, and chat calls run on it.
 
-A chat call (OpenAI or Ollama) may name another installed model: it is swapped in, in the model thread
-between two captions. The resident model is closed first, so one model is in memory at a time; should the
-new one fail to load, the previous one is loaded again and the error is that call's.
+A request (on any API) may name another installed model: it is swapped in, in the model thread between two
+captions, when the queue policy lets it (``queue_policy``). The resident model is closed first, so one model is
+in memory at a time; should the new one fail to load, the previous one is loaded again from its files (the start
+model may come from ``--model-path`` and have no name to be loaded by), the error is that request's, and
+``/health`` reports it (``lastLoadError``). A failed load never leaves the server answering with a closed model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.server.image_reading import fetching_from
+from llava_edge.server.public_errors import public_message
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_results import Outcome
 from llava_edge.structured import StructuredOutput
@@ -48,7 +51,8 @@ class ChatCall:
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set when nobody waits for the answer any more (the client left): the caption stops at its next step."""
     model: str | None = None
-    """Another installed model the request named: it is swapped in (a ``LOAD`` progress event) first."""
+    """The id of the installed model that answers (``chat.check_model``): swapped in first (a ``LOAD`` progress
+    event) when another one is resident; None: the start model."""
     structure: StructuredOutput | None = None
     """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
     budget: TokenBudget | None = None
@@ -64,16 +68,25 @@ class ResidentModel:
         self.start_model = captioner.model_name
         """The model ``serve`` loaded: the generic names (``llava``, ``llava:7b``) mean it."""
         self.start_files = captioner.files
+        """Its files: it is loaded again from these, never by name (it may come from ``--model-path``)."""
+        self.last_load_error: dict[str, Any] | None = None
+        """The last failed load (``/health``'s ``lastLoadError``): the model, the error as clients see it, when."""
         self._loaded_here: Captioner | None = None
         """A model loaded by a swap: ``close`` frees it (the caller's own model is the caller's to close)."""
+        self._unloaded = False
+        """A failed swap could not bring the previous model back either: the next job loads its own."""
+
+    @property
+    def loaded(self) -> bool:
+        """False only while a failed swap left no model in memory (the next job loads one)."""
+        return not self._unloaded
 
     def run_chat(self, call: ChatCall, images: list[bytes]) -> Outcome:
-        """Run a chat call's caption as a stream, in the model thread: events go to ``on_event``; a cancelled
-        call stops at the next step (closing the stream cancels the caption)."""
+        """Run a chat call's caption as a stream, in the model thread, on the resident model (the worker made it
+        the call's model first): events go to ``on_event``; a cancelled call stops at the next step (closing
+        the stream cancels the caption)."""
         sources: list[Any] = list(images)
         try:
-            if call.model is not None:
-                self.swap_to(call.model, call.on_event)
             tokens, selection = (call.budget.tokens, call.budget.selection) if call.budget else (None, None)
             with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
                                                options=call.options, schema=call.structure, image_tokens=tokens,
@@ -89,25 +102,48 @@ class ResidentModel:
             return Outcome.failure(err)
         return Outcome.failure(LlavaEdgeError("The caption ended without a result."))
 
-    def swap_to(self, model: str, on_event: EventSink | None = None) -> None:
-        """Make ``model`` the resident one (see the module docstring); ``LOAD`` progress at 0/1 and 1/1."""
-        if model == self.captioner.model_name:
-            return
+    def ensure(self, model: str, on_event: EventSink | None = None) -> bool:
+        """Make ``model`` (an installed model's id) the resident one, in the model thread; True when it had to
+        be loaded. The resident model is closed first, so one model is in memory at a time (its prefix cache
+        goes with it); ``LOAD`` progress at 0/1 and 1/1.
+
+        Raises:
+            LlavaEdgeError: ``model`` could not be loaded; the previous model is resident again (loaded from its
+                files), and the error names the model that failed.
+        """
+        if model == self.captioner.model_name and not self._unloaded:
+            return False
         report = on_event or (lambda event: None)
         began = time.perf_counter()
         report(Progress.measured(LOAD, 0, 1, 0.0))
         previous = self.captioner
         previous.close()
         try:
-            loaded = previous.another(model)
+            loaded = previous.another(self.start_files if model == self.start_model else model)
         except LlavaEdgeError as err:
-            _log.warning("swap to %s failed after %.1f s: %s; loading %s again", model, time.perf_counter() - began,
-                         json.dumps(err.message[:300]), previous.model_name)
-            self._install(previous.another(previous.model_name))
+            self._failed(model, err, previous)
             raise
         self._install(loaded)
+        self.last_load_error = None
         _log.info("swapped %s out and %s in (%.1f s)", previous.model_name, model, time.perf_counter() - began)
         report(Progress.measured(LOAD, 1, 1, time.perf_counter() - began))
+        return True
+
+    def _failed(self, model: str, err: LlavaEdgeError, previous: Captioner) -> None:
+        """A load of ``model`` failed: bring ``previous`` back from its files, note the failure for ``/health``,
+        and make ``err`` say which model failed and what is loaded now."""
+        _log.warning("loading %s failed: %s; loading %s again", model, json.dumps(err.message[:300]),
+                     previous.model_name)
+        try:
+            self._install(previous.another(previous.files))
+            now = f"{previous.model_name} is still loaded"
+        except LlavaEdgeError as again:
+            _log.error("loading %s again failed too: %s", previous.model_name, json.dumps(again.message[:300]))
+            self._unloaded = True
+            now = "no model is loaded; the next request loads its own"
+        err.message = f"Model {model} could not be loaded ({now}): {err.message}"
+        err.args = (err.message,)
+        self.last_load_error = {"model": model, "error": public_message(err.message), "at": int(time.time())}
 
     def close(self) -> None:
         """Free a model a swap loaded; the one given at the start belongs to the caller."""
@@ -117,3 +153,4 @@ class ResidentModel:
     def _install(self, captioner: Captioner) -> None:
         self.captioner = fetching_from(captioner, self.settings)
         self._loaded_here = captioner
+        self._unloaded = False

@@ -29,7 +29,13 @@ from llava_edge.events import TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
-from llava_edge.server.chat import authenticate_request, check_model, first_and_rest
+from llava_edge.server.chat import (
+    answer_while_connected,
+    authenticate_request,
+    check_model,
+    first_and_rest,
+    stream_while_connected,
+)
 from llava_edge.server.conversation import (
     Turn,
     bounded_prompt,
@@ -71,13 +77,12 @@ def add_responses_routes(app: FastAPI, service: TaskService) -> None:
             parsed = await asyncio.to_thread(_parse, body, service, store)
         except LlavaEdgeError as err:
             return openai_error(err)
-        base_url = str(request.base_url)
         if parsed.stream:
-            first, events = await first_and_rest(service.chat_stream(parsed.call, base_url=base_url))
+            first, events = await first_and_rest(stream_while_connected(request, service, parsed.call))
             if isinstance(first, Outcome) and first.error is not None:
                 return openai_error(first.error)
             return StreamingResponse(_events(events, parsed, store), media_type="text/event-stream")
-        outcome = await service.chat(parsed.call, base_url=base_url)
+        outcome = await answer_while_connected(request, service, parsed.call)
         if outcome.error is not None:
             return openai_error(outcome.error)
         return JSONResponse(_finish(parsed, outcome, store))
@@ -118,7 +123,7 @@ def _parse(body: dict[str, Any], service: TaskService, store: ResponseStore) -> 
     prompt = bounded_prompt(list(conversation), service.captioner.runtime.options.n_ctx)
     call = ChatCall(conversation_images(list(conversation)), prompt,
                     generation_options(body, RESPONSES_SAMPLERS, service.captioner.generation), detail,
-                    model=requested.swap, structure=responses_structure(text.get("format")),
+                    model=requested.target, structure=responses_structure(text.get("format")),
                     budget=requested_budget(body))
     stream, store_it = body.get("stream", False), body.get("store", True)
     if not isinstance(stream, bool) or not isinstance(store_it, bool):

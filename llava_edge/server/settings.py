@@ -82,6 +82,17 @@ class ServerSettings:
     """Tasks one WebSocket may have running; its further frames wait (backpressure) until one finishes."""
     auth_failures_per_minute: int = 10
     """Failed key attempts per client address per minute; beyond it the client is answered 429."""
+    fetch_deadline: float = 30.0
+    """Seconds ONE request's image URLs get to be read, all of them together, waits for a fetch slot included
+    (each fetch also keeps its own ``TransferLimits``)."""
+    max_request_pixels: int = 50_000_000
+    """Decoded pixels of one request's images together, checked on their headers before any is decoded (one
+    image may have up to ``ImageLimits.max_pixels``, 40 MP)."""
+    min_residency: float = 30.0
+    """Seconds a loaded model stays while it is being asked for before a request for another model swaps it
+    out (a job that waits longer than this is served anyway): see ``queue_policy``."""
+    pin_model: bool = False
+    """``--no-swap``: only the start model answers; a request naming another installed model is refused."""
     offline: bool = False
     """Started with ``--offline``: ``/api/pull`` downloads nothing (nor does anything else)."""
     allow_pull: bool = False
@@ -98,11 +109,11 @@ class ServerSettings:
         self._check_key()
         bounds = ("max_body_bytes", "max_tasks_per_request", "max_connections", "max_queue", "result_ttl",
                   "delivery_attempts", "max_sockets", "preauth_body_bytes", "ws_max_in_flight",
-                  "auth_failures_per_minute")
+                  "auth_failures_per_minute", "max_request_pixels", "fetch_deadline")
         for name in bounds:
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("shutdown_timeout", "delivery_flush_timeout", "head_timeout"):
+        for name in ("shutdown_timeout", "delivery_flush_timeout", "head_timeout", "min_residency"):
             if getattr(self, name) < 0:
                 raise ServerConfigError(f"{name} must not be negative, got {getattr(self, name)}.")
         for host in self.fetch_hosts or ():

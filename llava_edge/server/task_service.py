@@ -1,14 +1,14 @@
-"""Runware task dispatch for the server: caption, imageUpload, getResponse, ping and authentication.
+"""Runware task dispatch for the server (caption, imageUpload, getResponse, ping and authentication), and the
+chat calls of the OpenAI, Ollama and Responses APIs, through one queue and ONE model thread.
 
-``TaskService`` admits a bounded number of caption tasks and has ONE worker thread that runs every
-caption, so the model is used by one task at a time and the event loop only waits on futures. A full
-queue answers ``serviceUnavailable`` at once. A task's image is read first (URL fetches under their own
-deadline, base64 decodes), by a small pool outside the model thread: a slow URL never holds the model.
-The worker cannot die of a task: whatever a task raises becomes that task's error, and a supervisor loop
-restarts the worker should it ever stop. Every caption task is registered by taskUUID (``conflictTaskUUID`` on
-reuse while it runs or its result is kept), its outcome is kept for ``ttl`` seconds for
-``getResponse``, and, when asked, delivered to ``webhookURL`` / ``uploadEndpoint``. Errors are per
-task: each call answers one ``Outcome`` and never raises for a bad task.
+``TaskService`` admits a bounded number of caption jobs; a full queue answers ``serviceUnavailable`` at once. A
+job's images are read first, outside the model thread (``image_intake``: fetch slots shared between clients, one
+fetch deadline per request, sizes checked before decoding), then it queues for the model, which takes jobs in
+the order ``queue_policy`` decides and swaps models as they need (``model_worker``, ``resident_model``).
+Whatever a job raises becomes that job's error. Every caption task is registered by taskUUID
+(``conflictTaskUUID`` on reuse while it runs or its result is kept), its outcome is kept for ``ttl`` seconds for
+``getResponse``, and, when asked, delivered to ``webhookURL`` / ``uploadEndpoint``. A chat call whose client
+left is cancelled (``cancel_chat``), like a Runware task whose WebSocket closed (``abandon``).
 
 Shutdown drains: ``begin_shutdown`` refuses new captions at once, lets the accepted ones finish until
 ``shutdown_timeout`` passes, then fails the rest with ``serviceUnavailable`` (delivered to their
@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field, replace
+from concurrent.futures import InvalidStateError
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from llava_edge.errors import CaptionCancelledError, LlavaEdgeError, ServerBusyError
 from llava_edge.events import Progress, TextDelta
-from llava_edge.images import read_image_bytes
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
+from llava_edge.server.chat import refuse_unpinned, task_model
 from llava_edge.server.delivery import Deliverer
-from llava_edge.server.image_reading import in_daemon_thread, own_image_uuid
+from llava_edge.server.image_intake import ImageIntake
+from llava_edge.server.job_queue import JobQueue
+from llava_edge.server.jobs import Job
+from llava_edge.server.model_worker import ModelWorker
 from llava_edge.server.resident_model import ChatCall, ResidentModel
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
 from llava_edge.server.task_errors import failure, internal_error, require_task_uuid, shutdown_failure, unknown_task
@@ -45,26 +47,9 @@ from llava_edge.server.uploads import UPLOAD_TASK_TYPE, ImageUploads
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
 
-READS_AT_ONCE = 4
-"""Caption images read at the same time (URL fetches, base64 decodes), outside the model thread."""
 CANCEL_GRACE = 5.0
 """Seconds a caption cancelled at the shutdown deadline gets to unwind, so the model can be closed."""
 _log = logging.getLogger("llava_edge.server.task_service")
-
-
-@dataclass(eq=False)
-class _Job:
-    raw: dict[str, Any]
-    request: CaptionRequest
-    chat: ChatCall | None = None
-    """Set for OpenAI/Ollama calls: answered with a CaptionResult, never registered or delivered."""
-    future: Future[Outcome] = field(default_factory=Future)
-    images: list[bytes] = field(default_factory=list)
-    """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
-    the model queue only then."""
-    completed: threading.Event = field(default_factory=threading.Event)
-    abandoned: threading.Event = field(default_factory=threading.Event)
-    """Set when nobody waits for this sync task any more: its caption stops at the next step."""
 
 
 class TaskService:
@@ -79,30 +64,32 @@ class TaskService:
             attempts=settings.delivery_attempts, backoff=settings.delivery_backoff,
             limits=settings.outbound(settings.delivery_limits), max_pending=settings.max_pending_deliveries,
         )
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        """Jobs whose image is read, waiting for the model (admission bounds them, see ``_admit``)."""
-        self._jobs: set[_Job] = set()
+        self._queue = JobQueue(self.resident.start_model, settings.min_residency)
+        """Jobs whose images are read, waiting for the model (admission bounds them, see ``_admit``)."""
+        self._jobs: set[Job] = set()
         """Every admitted job that has no outcome yet: reading its image, queued or running."""
         self._draining = threading.Event()
         """Set by ``begin_shutdown``: new captions are refused."""
-        self._stopping = threading.Event()
-        """Set when the drain is over: the worker takes no further job."""
         self._hurry = threading.Event()
         """Set by ``hurry``: the drain and the delivery flush end now."""
         self._lock = threading.Lock()
         """Guards the job in hand, the drain deadline and each job's completion."""
-        self._running: _Job | None = None
+        self._running: Job | None = None
         self._deadline = float("inf")
         self._abandoned = False
         self._drainer: threading.Thread | None = None
-        self._worker = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
-        self.worker_restarts = 0
-        self._read_slots = asyncio.Semaphore(READS_AT_ONCE)
+        self._worker = ModelWorker(self._queue, self.resident, self._run_job)
+        self.intake = ImageIntake(settings)
         self._readers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
             "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: ImageUploads(self.resident),
             "getResponse": self._get_response, "ping": self._ping,
         }
+
+    @property
+    def worker_restarts(self) -> int:
+        """Times the model worker's loop was restarted."""
+        return self._worker.restarts
 
     @property
     def captioner(self) -> Captioner:
@@ -112,8 +99,8 @@ class TaskService:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if not self._worker.is_alive() and not self._stopping.is_set():
-            self._worker.start()
+        if not self._worker.thread.is_alive() and not self._worker.stopping.is_set():
+            self._worker.thread.start()
             self.deliverer.start()
 
     def begin_shutdown(self, timeout: float | None = None) -> None:
@@ -151,19 +138,19 @@ class TaskService:
     def _wait_for_model(self, seconds: float) -> None:
         """Give the model worker up to ``seconds`` to finish, unless a second signal says hurry."""
         deadline = time.monotonic() + seconds
-        while self._worker.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
-            self._worker.join(0.1)
+        while self._worker.thread.is_alive() and time.monotonic() < deadline and not self._hurry.is_set():
+            self._worker.thread.join(0.1)
 
     @property
     def model_idle(self) -> bool:
         """True unless the model worker is running (or inside a caption past the shutdown deadline)."""
-        return not self._worker.is_alive()
+        return not self._worker.thread.is_alive()
 
     def health(self) -> dict[str, Any]:
         live, kept = self.registry.counts()
         with self._lock:
             waiting = self._waiting()
-        status = "ok" if self._worker.is_alive() else "stopped"
+        status = ("ok" if self.resident.loaded else "degraded") if self._worker.thread.is_alive() else "stopped"
         return {
             "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
@@ -173,7 +160,8 @@ class TaskService:
             "liveTasks": live,
             "keptResults": kept,
             "pendingDeliveries": self.deliverer.pending,
-            "workerRestarts": self.worker_restarts,
+            "workerRestarts": self._worker.restarts,
+            "lastLoadError": self.resident.last_load_error,
         }
 
     def _waiting(self) -> int:
@@ -192,7 +180,7 @@ class TaskService:
             self._abandoned = True
             running = self._running
             leftovers = list(self._jobs)
-        self._stopping.set()
+        self._worker.stopping.set()
         failed = sum(self._complete(job, shutdown_failure(job.request, started=job is running)) for job in leftovers)
         if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
             self.captioner.runtime.cancel()
@@ -202,13 +190,16 @@ class TaskService:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    async def run(self, raw: Any, *, base_url: str) -> Outcome:
-        """Answer one task (any type but authentication). ``base_url`` roots the ``imageURL`` of uploads."""
+    async def run(self, raw: Any, *, base_url: str, client: str = "") -> Outcome:
+        """Answer one task (any type but authentication). ``base_url`` roots the ``imageURL`` of uploads;
+        ``client`` is whose it is (``read_policy.client_key``)."""
         task_type, task_uuid = task_identity(raw)
         try:
             handler = self._handlers.get(task_type or "")
             if not isinstance(raw, dict) or handler is None:
                 raise unknown_task(raw, task_type)
+            if handler == self._caption:
+                return await self._caption(raw, base_url, client)
             return await handler(raw, base_url)
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task_type
@@ -240,27 +231,29 @@ class TaskService:
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"})
         return outcome.with_status()
 
-    async def _caption(self, raw: dict[str, Any], base_url: str) -> Outcome:
+    async def _caption(self, raw: dict[str, Any], base_url: str, client: str = "") -> Outcome:
         request = parse_caption_request(raw)
-        job = self._admit(raw, request)
+        job = self._admit(Job(raw, request, model=task_model(request.model, self), client=client))
         self._start_reading(job, base_url)
         if request.delivery_method == "async":
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
-    async def chat(self, call: ChatCall, *, base_url: str) -> Outcome:
-        """Caption for the OpenAI or Ollama API through the same queue, image reading and model worker as
-        Runware tasks. The outcome's ``result`` is the ``CaptionResult``; errors come as a failed outcome."""
+    async def chat(self, call: ChatCall, *, base_url: str, client: str = "") -> Outcome:
+        """Caption for the OpenAI, Ollama or Responses API through the same queue, image reading and model worker
+        as Runware tasks. The outcome's ``result`` is the ``CaptionResult``; errors come as a failed outcome.
+        ``cancel_chat`` stops it (its client left)."""
         request = CaptionRequest(task_type="chat", task_uuid=str(uuid.uuid4()), model="",
                                  image=call.images[0] if call.images else "")
         try:
-            job = self._admit({}, request, chat=call)
+            job = self._admit(Job({}, request, call, model=call.model or self.resident.start_model, client=client))
         except LlavaEdgeError as err:
             return Outcome.failure(err)
         self._start_reading(job, base_url)
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
-    async def chat_stream(self, call: ChatCall, *, base_url: str) -> AsyncIterator[Progress | TextDelta | Outcome]:
+    async def chat_stream(self, call: ChatCall, *, base_url: str,
+                          client: str = "") -> AsyncIterator[Progress | TextDelta | Outcome]:
         """``chat`` as it happens: progress events and text deltas, then the outcome. Leaving the iteration
         early (the client disconnected) cancels the caption at its next step."""
         loop = asyncio.get_running_loop()
@@ -270,22 +263,36 @@ class TaskService:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         streamed = replace(call, on_event=forward)
-        answer = asyncio.ensure_future(self.chat(streamed, base_url=base_url))
+        answer = asyncio.ensure_future(self.chat(streamed, base_url=base_url, client=client))
         answer.add_done_callback(lambda done: events.put_nowait(done.result()))
         try:
             while not isinstance(item := await events.get(), Outcome):
                 yield item
             yield item
         finally:
-            streamed.cancelled.set()
-            self._cancel_if_running(lambda job: job.chat is streamed)  # stops a llama.cpp batch under way
+            self.cancel_chat(streamed)
 
-    def _admit(self, raw: dict[str, Any], request: CaptionRequest, *, chat: ChatCall | None = None) -> _Job:
-        """Register the task and take it in, unless the queue is full or the server is shutting down."""
+    def cancel_chat(self, call: ChatCall) -> None:
+        """Nobody waits for this chat call's answer any more (its client left): a caption under way stops at its
+        next step (a llama.cpp batch under way included); one not running yet is answered cancelled at once."""
+        call.cancelled.set()
+        with self._lock:
+            job = next((job for job in self._jobs if job.chat is call), None)
+            running = job is not None and job is self._running
+        if running:
+            self._cancel_if_running(lambda running_job: running_job.chat is call)
+        elif job is not None:
+            self._queue.remove(job)
+            self._complete(job, Outcome.failure(CaptionCancelledError("The client left before this call ran.")))
+
+    def _admit(self, job: Job) -> Job:
+        """Register the task and take it in, unless its model is pinned out, the queue is full or the server is
+        shutting down."""
+        request = job.request
+        refuse_unpinned(job.model, self)
         ttl = request.ttl if request.ttl is not None else self.settings.result_ttl
-        if chat is None:
+        if job.chat is None:
             self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
-        job = _Job(raw, request, chat)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
             if self._draining.is_set() or self._waiting() >= self.settings.max_queue:
                 refused = ServerBusyError(
@@ -296,23 +303,20 @@ class TaskService:
             else:
                 self._jobs.add(job)
                 return job
-        if chat is None:
+        if job.chat is None:
             self.registry.discard(request.task_uuid)
         raise refused
 
-    def _start_reading(self, job: _Job, base_url: str) -> None:
+    def _start_reading(self, job: Job, base_url: str) -> None:
         """Read the job's image in the background (kept referenced until done), then queue it."""
         reader = asyncio.create_task(self._read_then_queue(job, base_url))
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
 
-    async def _read_then_queue(self, job: _Job, base_url: str) -> None:
-        """Read the job's image outside the model thread (bounded pool), then queue it for the model."""
+    async def _read_then_queue(self, job: Job, base_url: str) -> None:
+        """Read the job's images outside the model thread (``ImageIntake``), then queue it for the model."""
         try:
-            async with self._read_slots:
-                sources = job.chat.images if job.chat is not None else (job.request.image,)
-                for source in sources:
-                    job.images.append(await in_daemon_thread(self._read_image, source, base_url))
+            job.images = await self.intake.read(job, self.captioner, base_url)
         except LlavaEdgeError as err:
             self._complete(job, failure(err, job.request))
             return
@@ -321,58 +325,25 @@ class TaskService:
             self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
             return
         with self._lock:
-            if not job.completed.is_set():  # else the drain already failed it
-                self._queue.put_nowait(job)
-
-    def _read_image(self, image: str, base_url: str) -> bytes:
-        """The bytes of a caption image; this server's own ``/images/<uuid>.<ext>`` URLs are read from the
-        image store, not fetched (the fetch policy refuses the server's own, private, address)."""
-        limits = replace(self.captioner.image_limits, allow_paths=False)
-        source = own_image_uuid(image, base_url) or image
-        return read_image_bytes(source, limits=limits, store=self.captioner.image_store)
+            if not job.completed.is_set():  # else the drain (or the client's leaving) already answered it
+                self._queue.put(job)
 
     # -- the model worker -----------------------------------------------------------------------
 
-    def _supervise(self) -> None:
-        """The model thread: runs the worker loop, and restarts it should it ever stop unexpectedly."""
-        while not self._stopping.is_set():
-            try:
-                self._work()
-            except BaseException:
-                self.worker_restarts += 1
-                _log.exception("the model worker stopped unexpectedly; restarting it")
-
-    def _work(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                job = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                with self._lock:
-                    skip = self._abandoned or job.completed.is_set()
-                    self._running = None if skip else job
-                if not skip:
-                    self._complete(job, self._caption_now(job))
-            except Exception:
-                _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-                self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
-            finally:
-                with self._lock:
-                    self._running = None
-                self._queue.task_done()
-
-    def _caption_now(self, job: _Job) -> Outcome:
-        if job.chat is not None:
-            return self.resident.run_chat(job.chat, job.images)
+    def _run_job(self, job: Job) -> None:
+        """In the model thread: run one job the queue handed out, unless it was answered meanwhile."""
         try:
-            return Outcome(self.captioner.run_task(job.raw, allow_local_files=False, image=job.images[0],
-                                                   cancelled=job.abandoned))
-        except LlavaEdgeError as err:
-            return Outcome.failure(err)
-        except Exception:  # its text stays in the log: it may name the server's files
+            with self._lock:
+                skip = self._abandoned or job.completed.is_set()
+                self._running = None if skip else job
+            if not skip:
+                self._complete(job, self._worker.caption(job))
+        except Exception:
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
-            return failure(internal_error(job.request.task_type, job.request.task_uuid), job.request)
+            self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
+        finally:
+            with self._lock:
+                self._running = None
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed
@@ -391,14 +362,14 @@ class TaskService:
             self._complete(job, failure(CaptionCancelledError("The client left before this task ran."),
                                          job.request))
 
-    def _cancel_if_running(self, which: Callable[[_Job], bool]) -> None:
+    def _cancel_if_running(self, which: Callable[[Job], bool]) -> None:
         """Cancel the caption in the model if the running job is ``which`` one, inside llama.cpp (the batch
         under way stops). Under the lock, so a job that just ended cannot have its successor cancelled."""
         with self._lock:
             if self._running is not None and not self._running.completed.is_set() and which(self._running):
                 self.captioner.runtime.cancel()
 
-    def _complete(self, job: _Job, outcome: Outcome) -> bool:
+    def _complete(self, job: Job, outcome: Outcome) -> bool:
         """Keep, deliver and answer a job's outcome, once: ``False`` when it was already completed (a caption
         that ends after the drain failed it)."""
         with self._lock:

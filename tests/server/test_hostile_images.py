@@ -118,7 +118,9 @@ def _upload(server: LiveServer, image: str) -> tuple[int, Any]:
 
 
 def _openai(server: LiveServer, image: str) -> tuple[int, Any]:
-    answer = overflowing_chat(server, image)
+    body = {"model": "llava", "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": image}}]}]}
+    answer = httpx.post(f"{server.http}/v1/chat/completions", json=body, timeout=30)
     return answer.status_code, answer.json()["error"]["code"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from support.images import data_uri, encode_image
 from support.servers import LiveServer
 
-from llava_edge import Captioner, GenerationOptions
+from llava_edge import Captioner, GenerationOptions, RuntimeOptions
 from llava_edge.models.synthetic import build_synthetic_pair
 from llava_edge.runtime.quantize import quantize_gguf
 from llava_edge.server.settings import ServerSettings
@@ -34,9 +34,10 @@ def installed() -> None:
 
 @pytest.fixture
 def server(installed: None) -> Iterator[LiveServer]:
-    """A server on its own captioner (a swap closes the resident model: never the session's)."""
+    """A server on its own captioner (a swap closes the resident model: never the session's), swapping at once:
+    these tests are about what a swap does; test_swap_policy.py is about when one happens."""
     captioner = Captioner(TINY, generation=OPTIONS)
-    live = LiveServer(captioner, ServerSettings())
+    live = LiveServer(captioner, ServerSettings(min_residency=0))
     yield live
     live.stop()
     live.service.captioner.close()
@@ -113,3 +114,19 @@ def test_a_model_that_fails_to_load_leaves_the_previous_one_resident(
         captioner.close()
     assert failed.value.status_code == 500 and "Delete it and download it again" in failed.value.message
     assert answer.choices[0].message.content is not None and live.service.captioner.model_name == TINY
+
+
+def test_a_swap_frees_the_first_models_prefix_cache(installed: None) -> None:
+    captioner = Captioner(TINY, generation=OPTIONS, runtime=RuntimeOptions(prefix_cache_bytes=256 * 2**20))
+    live = LiveServer(captioner, ServerSettings(min_residency=0))
+    try:
+        client = openai.OpenAI(base_url=f"{live.http}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model=TINY, messages=ask(), max_tokens=2)  # type: ignore[arg-type]
+        cached = captioner.runtime.prefix_cache.size
+        client.chat.completions.create(model=SMALL, messages=ask(), max_tokens=2)  # type: ignore[arg-type]
+    finally:
+        live.stop()
+        live.service.captioner.close()
+        captioner.close()
+    assert cached > 0  # the image prefix was kept while TINY was resident
+    assert captioner.runtime.prefix_cache.size == 0 and captioner.runtime.prefix_cache.get("any") is None

@@ -229,7 +229,8 @@ def test_get_response_reports_processing_then_failure(
 ) -> None:
     server = serve()
     running, hold = block_worker(server, make_image)
-    failing = caption_task("data:image/png;base64,aGVsbG8=", deliveryMethod="async")
+    truncated = make_image(64, 48)[:120]  # its header is whole: it is refused only when the model decodes it
+    failing = caption_task(data_uri(truncated), deliveryMethod="async")
     assert post(server, [failing]).status_code == 200
     for task_uuid in (running, failing["taskUUID"]):
         item = post(server, [{"taskType": "getResponse", "taskUUID": task_uuid}]).json()["data"][0]
@@ -239,7 +240,7 @@ def test_get_response_reports_processing_then_failure(
     failed = poll(server, str(failing["taskUUID"]), until="error")
     assert failed.status_code == 400
     assert failed.json()["errors"][0] | {"message": ""} == {
-        "code": "unsupportedImageFormat", "message": "", "parameter": "inputs.image", "taskType": "caption",
+        "code": "invalidInputsImage", "message": "", "parameter": "inputs.image", "taskType": "caption",
         "taskUUID": failing["taskUUID"], "status": "error"}
 
 
@@ -274,7 +275,8 @@ def test_queue_full_answers_busy_and_loses_nothing(
     health = httpx.get(f"{server.http}/health").json()
     assert health | {"liveTasks": 0, "keptResults": 0} == {
         "status": "ok", "model": server.service.captioner.model_name, "queueDepth": 2, "queueLimit": 2,
-        "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0}
+        "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0,
+        "lastLoadError": None}
     hold.release()
     for task_uuid in [running] + [task["taskUUID"] for task in queued]:
         assert poll(server, str(task_uuid)).json()["data"][0]["status"] == "success"

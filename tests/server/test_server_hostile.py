@@ -60,15 +60,15 @@ def test_a_crashing_worker_loop_is_restarted(serve: Callable[..., LiveServer], p
     """Should the worker loop itself ever raise, the supervisor starts it again and /health counts it."""
     server = serve()
     service = server.service
-    real_get = service._queue.get
+    real_take = service._queue.take
     failures = iter([SystemError("injected fault in the worker loop")])
 
-    def failing_get(*args: Any, **kwargs: Any) -> Any:
+    def failing_take(*args: Any, **kwargs: Any) -> Any:
         for failure in failures:
             raise failure
-        return real_get(*args, **kwargs)
+        return real_take(*args, **kwargs)
 
-    monkeypatch.setattr(service._queue, "get", failing_get)
+    monkeypatch.setattr(service._queue, "take", failing_take)
     wait_until(lambda: service.worker_restarts == 1)
     assert_alive(server, png)
     assert httpx.get(f"{server.http}/health").json()["workerRestarts"] == 1

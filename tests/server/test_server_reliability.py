@@ -121,7 +121,7 @@ def test_load_many_clients_every_task_answered_once(serve_process: Callable[...,
     assert after - before < 32 * 2**20  # measured: under 10 MiB (the first run settles), then flat
     assert httpx.get(f"{server.http}/health", timeout=10).json() | {"keptResults": 0} == {
         "status": "ok", "model": "synthetic-tiny", "queueDepth": 0, "queueLimit": 4, "running": False,
-        "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0}
+        "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0, "lastLoadError": None}
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     assert "Traceback" not in server.output and "ERROR" not in server.output

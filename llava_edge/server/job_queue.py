@@ -1,0 +1,65 @@
+"""The jobs waiting for the model, taken in the order ``queue_policy.next_job`` decides. Thread-safe: the event
+loop puts jobs in, the model worker takes them out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from llava_edge.server.jobs import Job
+from llava_edge.server.queue_policy import Residency, next_job, wait_before_swap
+
+
+class JobQueue:
+    """Jobs whose images are read; see the module docstring."""
+
+    def __init__(self, resident_model: str, min_residency: float):
+        self._jobs: list[Job] = []
+        self._ready = threading.Condition()
+        self._residency = Residency(resident_model, float("-inf"), min_residency)  # nobody asked for it yet
+
+    def put(self, job: Job) -> None:
+        """Queue ``job`` (stamped with its arrival); a job for the resident model counts as asking for it."""
+        with self._ready:
+            job.arrived = time.monotonic()
+            self._asked(job)
+            self._jobs.append(job)
+            self._ready.notify()
+
+    def take(self, timeout: float) -> Job | None:
+        """The next job by the policy, waiting up to ``timeout`` seconds for one; None when none is due."""
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while True:
+                now = time.monotonic()
+                job = next_job(self._jobs, self._residency, now)
+                if job is not None:
+                    self._jobs.remove(job)
+                    self._asked(job)
+                    return job
+                due = wait_before_swap(self._jobs, self._residency, now)
+                pause = min(deadline - now, timeout if due is None else due)
+                if pause <= 0:
+                    return None
+                self._ready.wait(pause)
+
+    def loaded(self, model: str) -> None:
+        """``model`` is resident now (a swap loaded it for a job: that counts as asking for it)."""
+        with self._ready:
+            self._residency = Residency(model, time.monotonic(), self._residency.min_residency)
+
+    def remove(self, job: Job) -> bool:
+        """Take ``job`` out without running it (its client left); False when it is not queued."""
+        with self._ready:
+            if job not in self._jobs:
+                return False
+            self._jobs.remove(job)
+            return True
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._jobs)
+
+    def _asked(self, job: Job) -> None:
+        if job.model == self._residency.model:
+            self._residency = Residency(job.model, time.monotonic(), self._residency.min_residency)

@@ -1,0 +1,41 @@
+"""One caption job as the server tracks it, from admission to its outcome: a Runware caption task or a chat
+call, its client, the model that must answer it, its images once read, and its completion."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from llava_edge.schema import CaptionRequest
+from llava_edge.server.resident_model import ChatCall
+from llava_edge.server.task_results import Outcome
+
+
+@dataclass(eq=False)
+class Job:
+    """An admitted caption job (see ``TaskService``)."""
+
+    raw: dict[str, Any]
+    request: CaptionRequest
+    chat: ChatCall | None = None
+    """Set for OpenAI/Ollama/Responses calls: answered with a CaptionResult, never registered or delivered."""
+    model: str = ""
+    """The id of the installed model that must answer it (swapped in first when another is resident)."""
+    client: str = ""
+    """Whose it is (``read_policy.client_key``): fetch slots are shared round-robin between clients."""
+    future: Future[Outcome] = field(default_factory=Future)
+    images: list[bytes] = field(default_factory=list)
+    """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
+    the model queue only then."""
+    arrived: float = 0.0
+    """When it entered the model queue (``time.monotonic``)."""
+    completed: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for this job any more: its caption stops at the next step."""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Its image references as the request gave them."""
+        return self.chat.images if self.chat is not None else (self.request.image,)

@@ -1,0 +1,68 @@
+"""The ONE model thread: it takes the next job the queue policy picks (``job_queue``), makes the job's model
+the resident one (a swap, when it names another), and runs the caption. A supervisor loop restarts the worker
+should its loop ever raise, so no job can stop the model thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from llava_edge.errors import LlavaEdgeError
+from llava_edge.server.job_queue import JobQueue
+from llava_edge.server.jobs import Job
+from llava_edge.server.resident_model import ResidentModel
+from llava_edge.server.task_errors import failure, internal_error
+from llava_edge.server.task_results import Outcome
+
+_log = logging.getLogger("llava_edge.server.task_service")
+
+
+class ModelWorker:
+    """Runs ``handle(job)`` for each job ``queue`` hands out, in one daemon thread, until ``stopping`` is set."""
+
+    def __init__(self, queue: JobQueue, resident: ResidentModel, handle: Callable[[Job], None]):
+        self.queue = queue
+        self.resident = resident
+        self.stopping = threading.Event()
+        """Set when the drain is over: the worker takes no further job."""
+        self.restarts = 0
+        """Times the supervisor restarted the worker loop (``/health``'s ``workerRestarts``)."""
+        self._handle = handle
+        self.thread = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
+
+    def _supervise(self) -> None:
+        """The model thread: runs the worker loop, and restarts it should it ever stop unexpectedly."""
+        while not self.stopping.is_set():
+            try:
+                self._work()
+            except BaseException:
+                self.restarts += 1
+                _log.exception("the model worker stopped unexpectedly; restarting it")
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            job = self.queue.take(timeout=0.2)
+            if job is not None:
+                self._handle(job)
+
+    def caption(self, job: Job) -> Outcome:
+        """Run ``job`` on its model (swapped in first when another is resident); its outcome, never raising for
+        a bad job."""
+        try:
+            if self.resident.ensure(job.model, job.chat.on_event if job.chat is not None else None):
+                self.queue.loaded(job.model)
+        except LlavaEdgeError as err:
+            return failure(err, job.request) if job.chat is None else Outcome.failure(err)
+        if job.chat is not None:
+            return self.resident.run_chat(job.chat, job.images)
+        captioner = self.resident.captioner
+        try:  # the task's model name was resolved at admission: the resident model is the one it named
+            raw = {**job.raw, "model": captioner.model_name}
+            return Outcome(captioner.run_task(raw, allow_local_files=False, image=job.images[0],
+                                              cancelled=job.abandoned))
+        except LlavaEdgeError as err:
+            return Outcome.failure(err)
+        except Exception:  # its text stays in the log: it may name the server's files
+            _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
+            return failure(internal_error(job.request.task_type, job.request.task_uuid), job.request)

@@ -42,6 +42,13 @@ from llava_edge import paths
 from llava_edge.errors import ModelFileError, UnknownModelError
 from llava_edge.host.files import file_lock
 from llava_edge.models.catalog import ModelFiles
+from llava_edge.models.synthetic_presets import NAME_PREFIX as NAME_PREFIX
+from llava_edge.models.synthetic_presets import PRESETS as PRESETS
+from llava_edge.models.synthetic_presets import SyntheticPreset as SyntheticPreset
+from llava_edge.models.synthetic_presets import TextShape as TextShape
+from llava_edge.models.synthetic_presets import VisionShape as VisionShape
+from llava_edge.models.synthetic_presets import preset_names as preset_names
+from llava_edge.models.synthetic_presets import synthetic_preset_for as synthetic_preset_for
 from llava_edge.models.synthetic_vocab import BOS_ID, EOS_ID, UNK_ID, build_vocab
 
 FORMAT_VERSION = 1
@@ -52,92 +59,12 @@ TEMPLATE = "[INST] {image}\n{prompt} [/INST]"
 
 MODEL_FILE = "model.gguf"
 MMPROJ_FILE = "mmproj.gguf"
-NAME_PREFIX = "synthetic-"
 
 _FTYPE_F16 = 1
 _WEIGHT_STD = 0.02
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _PINPOINTS = [336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008]
-
-
-@dataclass(frozen=True)
-class TextShape:
-    """Dimensions of the ``llama`` text model."""
-
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    n_vocab: int
-    n_ctx: int = 32768
-    rope_base: float = 1e6
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """Dimensions of the CLIP vision tower; the projector maps ``n_embd`` to the text model's width."""
-
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_ff: int
-    image_size: int = 336
-    patch_size: int = 14
-    projection_dim: int = 768
-    """CLIP's text-projection width; recorded as the real files do, unused by llama.cpp."""
-
-
-@dataclass(frozen=True)
-class SyntheticPreset:
-    """One synthetic model pair: shapes, the text model's quantization, and what it is for."""
-
-    name: str
-    text: TextShape
-    vision: VisionShape
-    quant: str | None
-    """A llama.cpp quantization (``"Q4_K_M"``) applied to the f16 text model, or None to keep f16."""
-    description: str
-
-
-PRESETS: dict[str, SyntheticPreset] = {
-    "tiny": SyntheticPreset(
-        "tiny",
-        TextShape(n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128, n_vocab=1024),
-        VisionShape(n_embd=32, n_layer=3, n_head=2, n_ff=64),
-        None,
-        "well under 1 MB, f16; real token counts, captions in milliseconds",
-    ),
-    "kquant-small": SyntheticPreset(
-        "kquant-small",
-        TextShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1024),
-        VisionShape(n_embd=32, n_layer=3, n_head=2, n_ff=64),
-        "Q4_K_M",
-        "a few MB, Q4_K_M text model: exercises ggml's K-quant (and AMX) kernels",
-    ),
-    "ladder": SyntheticPreset(
-        "ladder",
-        TextShape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1024),
-        VisionShape(n_embd=32, n_layer=3, n_head=2, n_ff=64),
-        None,
-        "a few MB, f16 text model with K-quant-ready shapes: the base of the synthetic quantization ladder",
-    ),
-    "real-shape": SyntheticPreset(
-        "real-shape",
-        TextShape(n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000),
-        VisionShape(n_embd=1024, n_layer=23, n_head=16, n_ff=4096),
-        "Q4_K_M",
-        "LLaVA-1.6-Mistral-7B shapes: Q4_K_M text (~4.37 GB) + f16 mmproj (~624 MB); slow to build",
-    ),
-    "real-shape-4l": SyntheticPreset(
-        "real-shape-4l",
-        TextShape(n_embd=4096, n_layer=4, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=32000),
-        VisionShape(n_embd=1024, n_layer=23, n_head=16, n_ff=4096),
-        "Q4_K_M",
-        "real-shape widths with 4 of the 32 text layers (full CLIP): quick benchmarks, text-model time scaled x8",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -152,20 +79,6 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * (2 if self.dtype == "f16" else 4)
-
-
-def preset_names() -> list[str]:
-    """The names of the synthetic presets, smallest first."""
-    return list(PRESETS)
-
-
-def synthetic_preset_for(name: str) -> str | None:
-    """The preset a model name like ``"synthetic-tiny"`` (any case) refers to, else None."""
-    key = name.strip().lower()
-    if not key.startswith(NAME_PREFIX):
-        return None
-    preset = key[len(NAME_PREFIX) :]
-    return preset if preset in PRESETS else None
 
 
 Quantizer = Callable[[Path, Path, str], None]

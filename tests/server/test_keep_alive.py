@@ -190,3 +190,31 @@ def test_ollama_requests_without_a_prompt_unload_and_load_the_model(start: Calla
     assert load.json()["done_reason"] == "load" and load.json()["message"]["content"] == ""
     assert health(server)["loaded"] is True  # loaded before the answer came
     assert len(running(server)) == 1
+
+
+@pytest.mark.slow
+def test_serve_keep_alive_flag_unloads_and_returns_the_memory(serve_process: Callable[..., Any]) -> None:
+    import psutil
+
+    server = serve_process("--keep-alive", "-1", "--max-keep-alive", "1h")
+    body = {"model": "llava", "prompt": "Describe.", "images": [IMAGE], "stream": False, "options": OPTIONS}
+    assert httpx.post(f"{server.http}/api/generate", json=body, timeout=60).status_code == 200
+    process = psutil.Process(server.process.pid)
+    loaded = process.memory_info().rss
+    unload = httpx.post(f"{server.http}/api/generate", json={"model": "llava", "keep_alive": 0}, timeout=60)
+    assert unload.json()["done_reason"] == "unload"
+    wait_until(lambda: httpx.get(f"{server.http}/health").json()["loaded"] is False)
+    after = process.memory_info().rss
+    print(f"serve RSS {loaded / 2**20:.1f} MiB loaded, {after / 2**20:.1f} MiB after the unload")
+    assert after < loaded
+    wait_until(lambda: "unloaded synthetic-tiny after" in server.output)
+    assert httpx.post(f"{server.http}/api/generate", json=body, timeout=60).status_code == 200
+
+
+def test_serve_refuses_a_keep_alive_that_is_not_a_duration() -> None:
+    from click.testing import CliRunner
+
+    from llava_edge.cli import main
+
+    refused = CliRunner().invoke(main, ["serve", "--keep-alive", "5 minutes"])
+    assert refused.exit_code == 2 and "--keep-alive" in refused.output and '"5m"' in refused.output

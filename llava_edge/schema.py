@@ -41,7 +41,7 @@ _KNOWN_FIELDS = frozenset(
         "taskType", "taskUUID", "model", "prompt", "template", "inputs", "inputImage", "inputImages",
         "deliveryMethod", "webhookURL", "uploadEndpoint", "includeCost", "outputType", "outputFormat",
         "outputQuality", "ttl", "routing", "detail", "imageTokens", "tokenSelection", "maxTokens", "temperature",
-        "topP", "seed",
+        "topP", "seed", "keepAlive",
     }
 )
 

@@ -45,14 +45,20 @@ from llava_edge.command_options import ModelLoad, runtime_options
 @click.option("--no-swap", is_flag=True,
               help="Pin the start model: a request naming another installed model is refused instead of swapping "
                    "it in (by default it is swapped in once the loaded one has not been asked for in 30 s).")
+@click.option("--keep-alive", metavar="DURATION", default="5m", show_default=True,
+              help="How long the model stays loaded after an answer when the request says nothing (seconds or a "
+                   "duration such as 10m or 1h30m); 0 unloads it after each answer, -1 never. The next request "
+                   "loads it again.")
+@click.option("--max-keep-alive", metavar="DURATION", default=None,
+              help="The most a request's own keep_alive may keep the model loaded (default: no cap).")
 @click.option("--allow-pull", is_flag=True,
               help="Let clients download models through /api/pull on a non-loopback bind without a key.")
 @runtime_options
 def serve_command(host: str | None, port: int | None, api_key: str | None, max_queue: int | None,
                   result_ttl: int | None, fetch_hosts: tuple[str, ...], no_fetch: bool, allow_private_fetch: bool,
                   shutdown_timeout: float | None, no_auth: bool, origins: tuple[str, ...],
-                  host_names: tuple[str, ...], prefix_cache_mb: int, no_swap: bool, allow_pull: bool,
-                  load: ModelLoad) -> None:
+                  host_names: tuple[str, ...], prefix_cache_mb: int, no_swap: bool, keep_alive: str,
+                  max_keep_alive: str | None, allow_pull: bool, load: ModelLoad) -> None:
     """Serve the Runware API (REST and WebSocket at /v1) so the official Runware SDKs caption on this device."""
     from llava_edge.server.settings import ServerSettings, normalise_host
 
@@ -64,7 +70,8 @@ def serve_command(host: str | None, port: int | None, api_key: str | None, max_q
                              "fetch_hosts": allowed_hosts, "allow_private_fetch": allow_private_fetch,
                              "no_auth": no_auth, "allow_origins": frozenset(origins),
                              "allow_hosts": frozenset(name.lower() for name in host_names),
-                             "offline": bool(load.offline), "allow_pull": allow_pull, "pin_model": no_swap}
+                             "offline": bool(load.offline), "allow_pull": allow_pull, "pin_model": no_swap,
+                             **_keep_alive_settings(keep_alive, max_keep_alive)}
     settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
     settings.check()
     try:
@@ -85,3 +92,16 @@ def serve_command(host: str | None, port: int | None, api_key: str | None, max_q
         captioner.close()
     else:  # a caption still runs past the shutdown deadline; freeing the model under it would crash
         click.echo("llava-edge: a caption was still running at the shutdown deadline; exiting without it.", err=True)
+
+
+def _keep_alive_settings(keep_alive: str, max_keep_alive: str | None) -> dict[str, float | None]:
+    """``--keep-alive`` and ``--max-keep-alive`` in seconds (``ServerSettings`` fields)."""
+    from llava_edge.errors import InvalidRequestError
+    from llava_edge.server.keep_alive import parse_keep_alive
+
+    try:
+        return {"keep_alive": parse_keep_alive(keep_alive, parameter="--keep-alive"),
+                "max_keep_alive": None if max_keep_alive is None
+                else parse_keep_alive(max_keep_alive, parameter="--max-keep-alive")}
+    except InvalidRequestError as err:
+        raise click.UsageError(err.message) from err

@@ -29,11 +29,22 @@ class Job:
     images: list[bytes] = field(default_factory=list)
     """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
     the model queue only then."""
+    keep_alive: float | None = None
+    """Seconds the model stays loaded after this job's answer (its ``keep_alive``); None: the server's default."""
     arrived: float = 0.0
     """When it entered the model queue (``time.monotonic``)."""
     completed: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
     """Set when nobody waits for this job any more: its caption stops at the next step."""
+
+    def __post_init__(self) -> None:
+        if self.chat is not None and self.keep_alive is None:
+            self.keep_alive = self.chat.keep_alive
+
+    @property
+    def load_only(self) -> bool:
+        """An Ollama request with no prompt: it only loads the model (or, with ``keep_alive`` 0, unloads it)."""
+        return self.chat is not None and self.chat.load_only
 
     @property
     def sources(self) -> tuple[str, ...]:

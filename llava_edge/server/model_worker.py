@@ -1,6 +1,7 @@
 """The ONE model thread: it takes the next job the queue policy picks (``job_queue``), makes the job's model
-the resident one (a swap, when it names another), and runs the caption. A supervisor loop restarts the worker
-should its loop ever raise, so no job can stop the model thread."""
+the resident one (a swap, or a reload after an idle unload), and runs the caption. Between jobs it unloads the
+model once its keep-alive has expired and no admitted job wants it (``keep_alive``). A supervisor loop restarts
+the worker should its loop ever raise, so no job can stop the model thread."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ _log = logging.getLogger("llava_edge.server.task_service")
 class ModelWorker:
     """Runs ``handle(job)`` for each job ``queue`` hands out, in one daemon thread, until ``stopping`` is set."""
 
-    def __init__(self, queue: JobQueue, resident: ResidentModel, handle: Callable[[Job], None]):
+    def __init__(self, queue: JobQueue, resident: ResidentModel, handle: Callable[[Job], None],
+                 wanted: Callable[[], bool]):
         self.queue = queue
         self.resident = resident
         self.stopping = threading.Event()
@@ -29,6 +31,8 @@ class ModelWorker:
         self.restarts = 0
         """Times the supervisor restarted the worker loop (``/health``'s ``workerRestarts``)."""
         self._handle = handle
+        self._wanted = wanted
+        """True while an admitted job (reading its images, queued or running) wants the model."""
         self.thread = threading.Thread(target=self._supervise, name="llava-edge-model", daemon=True)
 
     def _supervise(self) -> None:
@@ -45,15 +49,30 @@ class ModelWorker:
             job = self.queue.take(timeout=0.2)
             if job is not None:
                 self._handle(job)
+            self._unload_if_idle()
+
+    def _unload_if_idle(self) -> None:
+        """Unload the resident model when its keep-alive has expired and no admitted job wants it."""
+        if self.resident.loaded and self.resident.idle.expired() and not self._wanted():
+            self.resident.unload_idle()
 
     def caption(self, job: Job) -> Outcome:
         """Run ``job`` on its model (swapped in first when another is resident); its outcome, never raising for
         a bad job."""
+        if job.load_only and job.keep_alive == 0:  # an unload request: the loop unloads once no job wants it
+            self.resident.used(0.0)
+            return Outcome({})
         try:
             if self.resident.ensure(job.model, job.chat.on_event if job.chat is not None else None):
                 self.queue.loaded(job.model)
         except LlavaEdgeError as err:
             return failure(err, job.request) if job.chat is None else Outcome.failure(err)
+        try:
+            return Outcome({}) if job.load_only else self._run(job)
+        finally:
+            self.resident.used(job.keep_alive)
+
+    def _run(self, job: Job) -> Outcome:
         if job.chat is not None:
             return self.resident.run_chat(job.chat, job.images)
         captioner = self.resident.captioner

@@ -41,6 +41,7 @@ from llava_edge.server.conversation import (
     conversation_images,
     role_of,
 )
+from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_listing import CAPABILITIES, InstalledModel, installed_files, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OLLAMA, OLLAMA_OPTIONS, check_fields
@@ -86,7 +87,8 @@ def add_ollama_routes(app: FastAPI, service: TaskService) -> None:
 
     async def running(request: Request) -> Response:
         return _guarded(request, service, lambda: {"models": [
-            {**_tag(service, installed_list(service)[0]), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}]})
+            {**_tag(service, installed_list(service)[0]), "expires_at": service.resident.idle.expires_at(),
+             "size_vram": 0}] if service.resident.loaded else []})
 
     async def root() -> Response:
         return PlainTextResponse("Ollama is running")
@@ -113,8 +115,8 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         authenticate_request(request, service)
         body = await read_json_object(request, service.settings.max_body_bytes)
         model, call, stream = await asyncio.to_thread(_ollama_call, body, service, chat, request.url.path)
-        if call is None:
-            return _loaded(model, chat, stream)
+        if call.load_only:
+            return await _load_only(request, service, call, model, chat, stream)
     except LlavaEdgeError as err:
         return ollama_error(err)
     if stream:
@@ -129,8 +131,8 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
 
 
 def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
-                 where: str) -> tuple[str, ChatCall | None, bool]:
-    """(model name to echo, the call or None for a load-only request, stream) of a generate or chat request;
+                 where: str) -> tuple[str, ChatCall, bool]:
+    """(model name to echo, the call (``load_only`` without a prompt), stream) of a generate or chat request;
     read off the event loop (a ``format`` schema's grammar is built here)."""
     requested = check_model(body.get("model"), service)
     check_fields(body, OLLAMA, where=where)
@@ -139,18 +141,25 @@ def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", parameter="stream")
+    keep_alive = requested_keep_alive(body)
     if not turns:
-        return requested.name, None, stream
+        return requested.name, ChatCall((), (), options, model=requested.target, keep_alive=keep_alive,
+                                        load_only=True), stream
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
     call = ChatCall(conversation_images(turns), prompt, options, model=requested.target,
-                    structure=ollama_structure(body), budget=budget)
+                    structure=ollama_structure(body), budget=budget, keep_alive=keep_alive)
     return requested.name, call, stream
 
 
-def _loaded(model: str, chat: bool, stream: bool) -> Response:
-    """The answer to a request with no prompt and no messages: Ollama only loads the model then (the model
-    is resident already)."""
-    answer: dict[str, Any] = {"model": model, "created_at": _now(), "done": True, "done_reason": "load"}
+async def _load_only(request: Request, service: TaskService, call: ChatCall, model: str, chat: bool,
+                     stream: bool) -> Response:
+    """The answer to a request with no prompt and no messages: as Ollama, it loads the model (``done_reason``
+    ``load``), or with ``keep_alive`` 0 unloads it once no other request wants it (``unload``)."""
+    outcome = await answer_while_connected(request, service, call)
+    if outcome.error is not None:
+        return ollama_error(outcome.error)
+    reason = "unload" if call.keep_alive == 0 else "load"
+    answer: dict[str, Any] = {"model": model, "created_at": _now(), "done": True, "done_reason": reason}
     answer.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
     if stream:
         return Response(json.dumps(answer) + "\n", media_type="application/x-ndjson")

@@ -41,6 +41,7 @@ from llava_edge.server.conversation import (
     role_of,
 )
 from llava_edge.server.families import openai_type
+from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
@@ -118,7 +119,8 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
     call = ChatCall(conversation_images(turns), prompt, options, detail, model=requested.target,
-                    structure=openai_structure(body.get("response_format")), budget=requested_budget(body))
+                    structure=openai_structure(body.get("response_format")), budget=requested_budget(body),
+                    keep_alive=requested_keep_alive(body))
     return call, requested.name, stream
 
 

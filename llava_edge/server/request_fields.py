@@ -42,7 +42,7 @@ _COMMON_OPENAI_HINTS = ("user", "metadata", "parallel_tool_calls", "service_tier
 
 OPENAI_CHAT: dict[str, str | Refusal] = {
     **dict.fromkeys(("model", "messages", "stream", "response_format", "stop", "tools", "image_tokens",
-                     "token_selection", *OPENAI_SAMPLERS), "honoured"),
+                     "token_selection", "keep_alive", *OPENAI_SAMPLERS), "honoured"),
     **dict.fromkeys((*_COMMON_OPENAI_HINTS, "prediction", "functions", "modalities"), "hint"),
     "n": _only((None, 1), "n must be 1: this server answers with one choice."),
     "tool_choice": _tool_choice,
@@ -57,7 +57,7 @@ OPENAI_CHAT: dict[str, str | Refusal] = {
 
 RESPONSES: dict[str, str | Refusal] = {
     **dict.fromkeys(("model", "input", "instructions", "stream", "text", "tools", "store", "previous_response_id",
-                     "image_tokens", "token_selection", *RESPONSES_SAMPLERS), "honoured"),
+                     "image_tokens", "token_selection", "keep_alive", *RESPONSES_SAMPLERS), "honoured"),
     **dict.fromkeys((*_COMMON_OPENAI_HINTS, "reasoning", "truncation", "include", "max_tool_calls",
                      "stream_options"), "hint"),
     "tool_choice": _tool_choice,
@@ -70,9 +70,9 @@ RESPONSES: dict[str, str | Refusal] = {
 """OpenAI Responses (``POST /v1/responses``)."""
 
 OLLAMA: dict[str, str | Refusal] = {
-    **dict.fromkeys(("model", "prompt", "messages", "images", "system", "stream", "format", "options", "tools"),
-                    "honoured"),
-    **dict.fromkeys(("keep_alive", "think"), "hint"),
+    **dict.fromkeys(("model", "prompt", "messages", "images", "system", "stream", "format", "options", "tools",
+                     "keep_alive"), "honoured"),
+    "think": "hint",
     "suffix": _falsy("suffix (fill-in-the-middle) is not supported by this model; leave it out."),
     "template": _falsy("A custom template is not supported: the model's own template is always applied."),
     "raw": _falsy("raw prompts are not supported: the model's template is always applied."),

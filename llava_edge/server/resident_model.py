@@ -23,6 +23,7 @@ from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.server.image_reading import fetching_from
+from llava_edge.server.keep_alive import IdleClock, describe, timer_for
 from llava_edge.server.public_errors import public_message
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_results import Outcome
@@ -57,6 +58,10 @@ class ChatCall:
     """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
     budget: TokenBudget | None = None
     """``image_tokens`` / ``token_selection``: at most that many image tokens fed per image; ``None``: all."""
+    keep_alive: float | None = None
+    """``keep_alive``: seconds the model stays loaded after this answer; None: the server's ``--keep-alive``."""
+    load_only: bool = False
+    """Only load the model (Ollama's request with no prompt), or unload it when ``keep_alive`` is 0."""
 
 
 class ResidentModel:
@@ -74,12 +79,38 @@ class ResidentModel:
         self._loaded_here: Captioner | None = None
         """A model loaded by a swap: ``close`` frees it (the caller's own model is the caller's to close)."""
         self._unloaded = False
-        """A failed swap could not bring the previous model back either: the next job loads its own."""
+        """No model is in memory (idle, or a failed swap could not bring the previous one back): the next job
+        loads its own."""
+        self._failed_load = False
+        """The model is out because a load failed (``/health`` says degraded), not because it was idle."""
+        self.idle = IdleClock(settings.keep_alive)
+        """When the model's keep-alive expires (``keep_alive``): set after each answer."""
 
     @property
     def loaded(self) -> bool:
-        """False only while a failed swap left no model in memory (the next job loads one)."""
+        """False while no model is in memory (unloaded when idle, or left out by a failed swap)."""
         return not self._unloaded
+
+    @property
+    def failed(self) -> bool:
+        """True while a failed swap left no model in memory (``/health``: degraded)."""
+        return self._unloaded and self._failed_load
+
+    def used(self, keep_alive: float | None) -> None:
+        """An answer (or a load-only request) just used the model: its keep-alive restarts, for the request's
+        ``keep_alive`` or the server's default, capped by ``--max-keep-alive``."""
+        self.idle.restart(timer_for(keep_alive, self.settings.keep_alive, self.settings.max_keep_alive))
+
+    def unload_idle(self) -> None:
+        """Free the resident model (its prefix cache goes with it), in the model thread: its keep-alive expired
+        and no job wants it. The next job loads it again (``ensure``)."""
+        if self._unloaded:
+            return
+        idle = self.idle.idle_for()
+        self.captioner.close()
+        self._unloaded, self._failed_load = True, False
+        _log.info("unloaded %s after %s idle (keep-alive %s); the next request loads it again",
+                  self.captioner.model_name, describe(round(idle, 1)), describe(self.idle.seconds))
 
     def run_chat(self, call: ChatCall, images: list[bytes]) -> Outcome:
         """Run a chat call's caption as a stream, in the model thread, on the resident model (the worker made it
@@ -123,9 +154,12 @@ class ResidentModel:
         except LlavaEdgeError as err:
             self._failed(model, err, previous)
             raise
+        was_idle = self._unloaded
         self._install(loaded)
         self.last_load_error = None
-        _log.info("swapped %s out and %s in (%.1f s)", previous.model_name, model, time.perf_counter() - began)
+        self.used(None)
+        _log.info("%s %s in (%.1f s)", "loaded" if was_idle else f"swapped {previous.model_name} out and", model,
+                  time.perf_counter() - began)
         report(Progress.measured(LOAD, 1, 1, time.perf_counter() - began))
         return True
 
@@ -139,7 +173,7 @@ class ResidentModel:
             now = f"{previous.model_name} is still loaded"
         except LlavaEdgeError as again:
             _log.error("loading %s again failed too: %s", previous.model_name, json.dumps(again.message[:300]))
-            self._unloaded = True
+            self._unloaded, self._failed_load = True, True
             now = "no model is loaded; the next request loads its own"
         err.message = f"Model {model} could not be loaded ({now}): {err.message}"
         err.args = (err.message,)
@@ -153,4 +187,4 @@ class ResidentModel:
     def _install(self, captioner: Captioner) -> None:
         self.captioner = fetching_from(captioner, self.settings)
         self._loaded_here = captioner
-        self._unloaded = False
+        self._unloaded = self._failed_load = False

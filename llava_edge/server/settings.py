@@ -91,6 +91,11 @@ class ServerSettings:
     min_residency: float = 30.0
     """Seconds a loaded model stays while it is being asked for before a request for another model swaps it
     out (a job that waits longer than this is served anyway): see ``queue_policy``."""
+    keep_alive: float = 300.0
+    """``--keep-alive``: seconds the model stays loaded after an answer when the request sets no ``keep_alive``
+    (``math.inf``: never unloaded; 0: unloaded after each answer); see ``keep_alive``."""
+    max_keep_alive: float | None = None
+    """``--max-keep-alive``: the most a request's ``keep_alive`` may keep the model loaded; None: no cap."""
     pin_model: bool = False
     """``--no-swap``: only the start model answers; a request naming another installed model is refused."""
     offline: bool = False
@@ -113,7 +118,7 @@ class ServerSettings:
         for name in bounds:
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("shutdown_timeout", "delivery_flush_timeout", "head_timeout", "min_residency"):
+        for name in ("shutdown_timeout", "delivery_flush_timeout", "head_timeout", "min_residency", "keep_alive"):
             if getattr(self, name) < 0:
                 raise ServerConfigError(f"{name} must not be negative, got {getattr(self, name)}.")
         for host in self.fetch_hosts or ():

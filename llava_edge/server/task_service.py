@@ -37,6 +37,7 @@ from llava_edge.server.delivery import Deliverer
 from llava_edge.server.image_intake import ImageIntake
 from llava_edge.server.job_queue import JobQueue
 from llava_edge.server.jobs import Job
+from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_worker import ModelWorker
 from llava_edge.server.resident_model import ChatCall, ResidentModel
 from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
@@ -78,7 +79,7 @@ class TaskService:
         self._deadline = float("inf")
         self._abandoned = False
         self._drainer: threading.Thread | None = None
-        self._worker = ModelWorker(self._queue, self.resident, self._run_job)
+        self._worker = ModelWorker(self._queue, self.resident, self._run_job, wanted=lambda: bool(self._jobs))
         self.intake = ImageIntake(settings)
         self._readers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
@@ -150,10 +151,11 @@ class TaskService:
         live, kept = self.registry.counts()
         with self._lock:
             waiting = self._waiting()
-        status = ("ok" if self.resident.loaded else "degraded") if self._worker.thread.is_alive() else "stopped"
+        status = ("degraded" if self.resident.failed else "ok") if self._worker.thread.is_alive() else "stopped"
         return {
             "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
+            "loaded": self.resident.loaded,
             "queueDepth": waiting,
             "queueLimit": self.settings.max_queue,
             "running": self._running is not None,
@@ -232,8 +234,8 @@ class TaskService:
         return outcome.with_status()
 
     async def _caption(self, raw: dict[str, Any], base_url: str, client: str = "") -> Outcome:
-        request = parse_caption_request(raw)
-        job = self._admit(Job(raw, request, model=task_model(request.model, self), client=client))
+        request, kept = parse_caption_request(raw), requested_keep_alive(raw, "keepAlive")
+        job = self._admit(Job(raw, request, model=task_model(request.model, self), client=client, keep_alive=kept))
         self._start_reading(job, base_url)
         if request.delivery_method == "async":
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
@@ -316,7 +318,7 @@ class TaskService:
     async def _read_then_queue(self, job: Job, base_url: str) -> None:
         """Read the job's images outside the model thread (``ImageIntake``), then queue it for the model."""
         try:
-            job.images = await self.intake.read(job, self.captioner, base_url)
+            job.images = [] if job.load_only else await self.intake.read(job, self.captioner, base_url)
         except LlavaEdgeError as err:
             self._complete(job, failure(err, job.request))
             return

@@ -274,7 +274,7 @@ def test_queue_full_answers_busy_and_loses_nothing(
     assert busy.json()["errors"][0]["taskUUID"] == refused["taskUUID"]
     health = httpx.get(f"{server.http}/health").json()
     assert health | {"liveTasks": 0, "keptResults": 0} == {
-        "status": "ok", "model": server.service.captioner.model_name, "queueDepth": 2, "queueLimit": 2,
+        "status": "ok", "model": server.service.captioner.model_name, "loaded": True, "queueDepth": 2, "queueLimit": 2,
         "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0,
         "lastLoadError": None}
     hold.release()

@@ -120,7 +120,7 @@ def test_load_many_clients_every_task_answered_once(serve_process: Callable[...,
     print(f"server RSS {before / 2**20:.1f} MiB after warm-up, {after / 2**20:.1f} MiB after 320 more tasks")
     assert after - before < 32 * 2**20  # measured: under 10 MiB (the first run settles), then flat
     assert httpx.get(f"{server.http}/health", timeout=10).json() | {"keptResults": 0} == {
-        "status": "ok", "model": "synthetic-tiny", "queueDepth": 0, "queueLimit": 4, "running": False,
+        "status": "ok", "model": "synthetic-tiny", "loaded": True, "queueDepth": 0, "queueLimit": 4, "running": False,
         "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0, "lastLoadError": None}
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0

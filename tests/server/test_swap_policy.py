@@ -91,7 +91,10 @@ def queue_behind_a_held_model(live: LiveServer, models: list[str], monkeypatch: 
             answers.append(answer.status_code)
         threads.append(threading.Thread(target=ask, daemon=True))
         threads[-1].start()
-        wait_until(lambda index=index: live.service.health()["queueDepth"] == index)  # queued, in this order
+        if index == 0:  # the first one holds the model (running, blocked by the hold) before the others come
+            wait_until(lambda: live.service.health()["running"])
+        else:  # queued, in this order
+            wait_until(lambda index=index: live.service.health()["queueDepth"] == index)
     hold.release()
     for thread in threads:
         thread.join(HANG_GUARD_S)

@@ -19,6 +19,7 @@ from llava_edge.errors import (
     PayloadTooLargeError,
     RuntimeBackendError,
     ServerBusyError,
+    StructuredOutputError,
     TaskNotFoundError,
     TooManyAttemptsError,
     UnknownModelError,
@@ -38,6 +39,7 @@ _STATUS: dict[type[BaseException], int] = {
     ServerBusyError: 503,
     ImageStoreError: 507,
     RuntimeBackendError: 500,
+    StructuredOutputError: 400,
     GenerationTimeoutError: 504,
 }
 _CHAT_STATUS: dict[type[BaseException], int] = {UnknownModelError: 404}

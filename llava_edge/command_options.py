@@ -85,7 +85,9 @@ def runtime_options(function: F) -> F:
         click.option(
             "--device", type=click.Choice(["auto", "cpu", "metal", "cuda"]), default="auto", show_default=True
         ),
-        click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores)."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads (default: the performance cores where the CPU has two kinds, else every "
+                          "usable core)."),
         click.option("--n-ctx", type=click.IntRange(512), default=4096, show_default=True),
         click.option("--offline", is_flag=True, default=None, help="Use only the local model cache."),
         registry_option,

@@ -99,8 +99,8 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """Start ``llava-edge serve`` subprocesses: ``serve_process("--max-queue", "4")``; killed after the test."""
     started: list[ServeProcess] = []
 
-    def start(*options: str) -> ServeProcess:
-        started.append(ServeProcess(tmp_path / f"serve-{len(started)}.log", *options))
+    def start(*options: str, **choice: Any) -> ServeProcess:
+        started.append(ServeProcess(tmp_path / f"serve-{len(started)}.log", *options, **choice))
         return started[-1]
 
     yield start

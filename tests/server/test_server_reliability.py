@@ -33,6 +33,7 @@ import psutil
 import pytest
 from support.images import data_uri
 from support.servers import LiveServer, LoopbackHTTP, ModelHold, ServeProcess, caption_task, poll, post, wait_until
+from support.slow_prefill import slow_prefill_files
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -221,7 +222,9 @@ def test_sigterm_finishes_accepted_tasks_then_exits_0(
 def test_sigterm_deadline_fails_unfinished_tasks_to_their_webhooks(
     serve_process: Callable[..., ServeProcess], slow_host: LoopbackHTTP, loopback_http: LoopbackHTTP, png: str
 ) -> None:
-    server = serve_process("--shutdown-timeout", "1", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192")
+    files = slow_prefill_files()  # its 4,096-token answer lasts many seconds: surely still running at the deadline
+    server = serve_process("--shutdown-timeout", "1", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192",
+                           model=("--model-path", str(files.model_path), "--mmproj-path", str(files.mmproj_path)))
     tasks = [long_caption(png, loopback_http, "running"), hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
     tasks += [hooked(png, loopback_http, f"queued{n}") for n in range(2)]
     assert httpx.post(f"{server.http}/v1", json=tasks).status_code == 200

@@ -148,10 +148,11 @@ class LoopbackHTTP:
 
 
 class ServeProcess:
-    """``llava-edge serve --model synthetic-tiny`` as a user runs it: a subprocess on a free 127.0.0.1 port.
+    """``llava-edge serve --model synthetic-tiny`` (or another ``model`` choice) as a user runs it: a subprocess on a
+    free 127.0.0.1 port.
     Its output goes to a file (a pipe nobody reads would fill up and block the server)."""
 
-    def __init__(self, log_path: Path, *options: str) -> None:
+    def __init__(self, log_path: Path, *options: str, model: tuple[str, ...] = ("--model", "synthetic-tiny")) -> None:
         import socket
         import subprocess
         import sys
@@ -163,8 +164,8 @@ class ServeProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
         self.log_path = log_path
-        command = [sys.executable, "-m", "llava_edge", "serve", "--model", "synthetic-tiny", "--threads", "1",
-                   "--port", str(self.port), *options]
+        command = [sys.executable, "-m", "llava_edge", "serve", *model, "--threads", "1", "--port", str(self.port),
+                   *options]
         with log_path.open("w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -62,12 +62,6 @@ def installed_model_ids(service: TaskService) -> list[str]:
     return [model.id for model in installed_list(service)]
 
 
-def model_names(service: TaskService) -> list[str]:
-    """Every name a request may give: the installed models' ids (resident first), then the resident's
-    aliases and Ollama-style names."""
-    return list(dict.fromkeys([*installed_model_ids(service), *resident_names(service)]))
-
-
 def quantization_of(model_name: str, service: TaskService) -> str:
     """A model's quantization level (``Q4_K_M``), or ``unknown``."""
     return _registered(model_name, _registry_path(service))[1]

@@ -6,6 +6,7 @@ from typing import Any
 
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError, ServerBusyError
 from llava_edge.schema import CaptionRequest, is_uuid4
+from llava_edge.server.conversation import quoted
 from llava_edge.server.task_results import Outcome
 
 
@@ -36,7 +37,7 @@ def require_task_uuid(raw: dict[str, Any]) -> str:
     value = raw.get("taskUUID")
     if not is_uuid4(value):
         code = "missingTaskUUID" if value is None else "invalidTaskUUID"
-        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {str(value)[:80]!r}.", code=code,
+        raise InvalidRequestError(f"taskUUID must be a UUID v4 string, got {quoted(value)}.", code=code,
                                   parameter="taskUUID")
     return str(value)
 
@@ -50,5 +51,5 @@ def unknown_task(raw: Any, task_type: str | None) -> InvalidRequestError:
     if task_type is None:
         return InvalidRequestError(f"taskType is required; this server knows {known}.", code="missingTaskType",
                                    parameter="taskType")
-    return InvalidRequestError(f"Unsupported taskType {task_type[:80]!r}; this server knows {known}.",
+    return InvalidRequestError(f"Unsupported taskType {quoted(task_type)}; this server knows {known}.",
                                code="unsupportedTaskType", parameter="taskType")

@@ -86,7 +86,9 @@ def test_queue_depth_stays_in_bounds_under_concurrent_captions_and_cancellations
             client.start()
         for client in clients:
             client.join(120)
-        wait_until(lambda: server.service.health()["liveTasks"] == 0, timeout=60)
+        # the model thread clears its running job just after the job's outcome is out: wait for both
+        wait_until(lambda: server.service.health()["liveTasks"] == 0 and not server.service.health()["running"],
+                   timeout=60)
     assert depths and min(depths) >= 0 and max(depths) <= 6, sorted(set(depths))
     health = server.service.health()
     assert (health["queueDepth"], health["running"], health["status"]) == (0, False, "ok")

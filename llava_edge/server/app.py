@@ -63,6 +63,7 @@ from llava_edge.server.shutdown import DrainingServer, signals_absorbed
 from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
+from llava_edge.server.work_options import BACKGROUND, header_priority
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -145,8 +146,9 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
         except LlavaEdgeError as err:
             return _envelope([Outcome.failure(err)])
         base_url, client = _http_base(request.base_url), _client(request)
-        reader = request_client(request)
-        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client, reader) for task in tasks))
+        reader, background = request_client(request), header_priority(request.headers) == BACKGROUND
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client, reader, background)
+                                          for task in tasks))
         return _envelope(list(outcomes))
 
     options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
@@ -154,12 +156,14 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
     app.add_api_route("/", post_tasks, include_in_schema=False, **options)
 
 
-async def _answer(service: TaskService, task: Any, base_url: str, client: str, reader: str) -> Outcome:
+async def _answer(service: TaskService, task: Any, base_url: str, client: str, reader: str,
+                  background: bool) -> Outcome:
     """One task of a REST request: ``client`` is the address (the authentication brake's key), ``reader`` the
-    client whose turn its image fetches take (``read_policy.client_key``)."""
+    client whose turn its image fetches take (``read_policy.client_key``); ``background``: its header asks for
+    background priority."""
     if task_identity(task)[0] == AUTH_TASK_TYPE:
         return service.authenticate(task, client)
-    return await service.run(task, base_url=base_url, client=reader)
+    return await service.run(task, base_url=base_url, client=reader, background=background)
 
 
 def _client(request: Request | WebSocket) -> str:
@@ -264,6 +268,8 @@ class _Connection:
         self.authenticated = False
         self.client = client_key(connection=uuid.uuid4().hex)
         """This connection, as the client its image fetches count for."""
+        self.background = header_priority(websocket.headers) == BACKGROUND
+        """Its upgrade request's header asked for background priority for all its tasks."""
         self._send_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
         self._unanswered: set[str] = set()
@@ -333,7 +339,8 @@ class _Connection:
         if task_uuid:
             self._unanswered.add(task_uuid)
         try:
-            outcome = await self.service.run(raw, base_url=self.base_url, client=self.client)
+            outcome = await self.service.run(raw, base_url=self.base_url, client=self.client,
+                                             background=self.background)
         finally:
             self._unanswered.discard(task_uuid or "")
         try:

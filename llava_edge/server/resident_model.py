@@ -27,8 +27,8 @@ from llava_edge.server.keep_alive import IdleClock, describe, timer_for
 from llava_edge.server.public_errors import public_message
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_results import Outcome
+from llava_edge.server.work_options import WorkOptions
 from llava_edge.structured import StructuredOutput
-from llava_edge.token_budget import TokenBudget
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -56,10 +56,8 @@ class ChatCall:
     event) when another one is resident; None: the start model."""
     structure: StructuredOutput | None = None
     """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
-    budget: TokenBudget | None = None
-    """``image_tokens`` / ``token_selection``: at most that many image tokens fed per image; ``None``: all."""
-    keep_alive: float | None = None
-    """``keep_alive``: seconds the model stays loaded after this answer; None: the server's ``--keep-alive``."""
+    work: WorkOptions = field(default_factory=WorkOptions)
+    """Its image token budget, ``keep_alive`` and priority class (``work_options``)."""
     load_only: bool = False
     """Only load the model (Ollama's request with no prompt), or unload it when ``keep_alive`` is 0."""
 
@@ -118,7 +116,8 @@ class ResidentModel:
         the stream cancels the caption)."""
         sources: list[Any] = list(images)
         try:
-            tokens, selection = (call.budget.tokens, call.budget.selection) if call.budget else (None, None)
+            budget = call.work.budget
+            tokens, selection = (budget.tokens, budget.selection) if budget else (None, None)
             with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
                                                options=call.options, schema=call.structure, image_tokens=tokens,
                                                token_selection=selection)) as events:

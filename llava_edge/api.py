@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -40,7 +40,6 @@ from llava_edge.token_budget import LOW_DETAIL_SIDE, resolved_detail, token_budg
 _log = logging.getLogger("llava_edge.models")
 SchemaInput = dict[str, Any] | str | StructuredOutput
 """A JSON Schema, the name of a built-in one (``"photo"``, ``"json"``), or one prepared by ``structured_output``."""
-
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,8 @@ class Captioner:
         self.image_store = image_store or ImageStore()
         self.cost_model = cost_model or CostModel.from_env()
         self.runtime = LlavaRuntime(self.files, runtime)
+        self.on_result: Callable[[CaptionResult], None] | None = None
+        """Called with each finished caption's result, in its thread (the server's metrics); None: nobody listens."""
         _log.info("loaded model %s (%s) in %.2f s", self.model_name, self.files.model_path.name, self.runtime.load_s)
 
     @property
@@ -204,6 +205,8 @@ class Captioner:
                     yield event
                     continue
                 result = CaptionResult(event.text, event.finish_reason, event.timings, self.model_name, event.data)
+                if self.on_result is not None:
+                    self.on_result(result)
                 yield CaptionDone(result, self._response(task_uuid or str(uuid.uuid4()), result, include_cost))
 
     def _pictures(self, image: ImageInput | list[ImageInput], detail: str, limits: ImageLimits) -> list[Image.Image]:
@@ -293,15 +296,9 @@ class Captioner:
         return self.runtime.layout(picture, prompt or DEFAULT_PROMPT, budget)
 
     def _options_for(self, task: CaptionRequest) -> GenerationOptions:
-        changes: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("max_tokens", task.max_tokens), ("temperature", task.temperature),
-                ("top_p", task.top_p), ("seed", task.seed),
-            )
-            if value is not None
-        }
-        return replace(self.generation, **changes)
+        fields: dict[str, Any] = {"max_tokens": task.max_tokens, "temperature": task.temperature,
+                                  "top_p": task.top_p, "seed": task.seed}
+        return replace(self.generation, **{name: value for name, value in fields.items() if value is not None})
 
     def _check_model_name(self, name: str) -> None:
         if name.strip().lower() != self.model_name.lower():

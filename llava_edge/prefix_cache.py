@@ -35,6 +35,8 @@ class PrefixCache:
         self.directory = Path(directory) if directory is not None else None
         self._entries: OrderedDict[str, PrefixState] = OrderedDict()
         self._bytes = 0
+        self._reserved = 0
+        """Bytes of the budget set aside for a parked caption's state (``reserve``)."""
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -76,13 +78,31 @@ class PrefixCache:
             self._entries.clear()
             self._bytes = 0
 
+    def reserve(self, size: int) -> bool:
+        """Set ``size`` bytes of the budget aside (a parked caption's state), evicting entries to make room;
+        False, with nothing changed, when the budget is smaller than ``size``. ``release`` gives it back."""
+        with self._lock:
+            if size > self.max_bytes - self._reserved:
+                return False
+            self._reserved += size
+            self._evict()
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._reserved = max(0, self._reserved - size)
+
     def _remember(self, key: str, state: PrefixState) -> None:
-        if len(state.data) > self.max_bytes:
+        if len(state.data) > self.max_bytes - self._reserved:
             return
         previous = self._entries.pop(key, None)
         self._bytes += len(state.data) - (len(previous.data) if previous else 0)
         self._entries[key] = state
-        while self._bytes > self.max_bytes:
+        self._evict()
+
+    def _evict(self) -> None:
+        """Least recently used first, until the entries and the reserved bytes fit the budget."""
+        while self._entries and self._bytes + self._reserved > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= len(evicted.data)
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import llama_cpp.mtmd_cpp as mtmd_cpp
 import pytest
 from PIL import Image
+from support.runtime_lock import model_free
 
 from llava_edge import Captioner, GenerationOptions, RuntimeOptions
 from llava_edge.api import CaptionDone, CaptionEvent
@@ -143,7 +144,7 @@ def test_closing_the_stream_in_any_stage_leaves_the_captioner_as_good_as_fresh(
         events = captioner.stream(picture(), PROMPT, detail="high", options=SEEDED)
         first(events, STAGES[stage])
         events.close()
-        assert not captioner.runtime._lock.locked()
+        assert model_free(captioner.runtime)
         for image, prompt in ((picture(), "And the colours?"), (picture(64, 64), PROMPT)):
             after = captioner.describe(image, prompt, detail="high", options=GREEDY)
             assert after.text == fresh.describe(image, prompt, detail="high", options=GREEDY).text
@@ -154,7 +155,7 @@ def test_leaving_a_for_loop_cancels_the_caption(captioner: Captioner) -> None:
     for event in captioner.stream(picture(), PROMPT, detail="high", options=GREEDY):
         if isinstance(event, Progress) and event.stage == ENCODE and event.done:
             break
-    assert not captioner.runtime._lock.locked()
+    assert model_free(captioner.runtime)
     assert captioner.describe(picture(90, 90), PROMPT, options=GREEDY).text == reference
 
 

@@ -8,11 +8,10 @@ and text (reusing an image prefix when it can), and hands over to the decoding l
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Self
 
@@ -45,8 +44,10 @@ from llava_edge.runtime.context_budget import check_context
 from llava_edge.runtime.decoding import Decoder, token_piece
 from llava_edge.runtime.image_eval import SELECT, Tokenized, eval_image, eval_reduced_image, eval_text
 from llava_edge.runtime.loading import identity, load_model, new_context, new_mtmd
+from llava_edge.runtime.parking import Interleave, MakeWay, Parking
+from llava_edge.runtime.prefix_reuse import prefix_key, restore_prefix, reuse_resident
 from llava_edge.runtime.prompt_plan import IMAGE, REDUCED, TEXT, Meter, Plan, Segment, checked, plan
-from llava_edge.runtime.sequence_state import restore, snapshot
+from llava_edge.runtime.sequence_state import snapshot
 from llava_edge.runtime.text_prefix import eval_text_prompt
 from llava_edge.token_budget import TokenBudget
 
@@ -72,7 +73,7 @@ class LlavaRuntime:
         init_backend()
         self.files = files
         self.options = options or RuntimeOptions()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by work run while a caption is parked (``interleaving``)
         self._cancelled = threading.Event()
         self._model: Any = None
         self._ctx: Any = None
@@ -93,6 +94,7 @@ class LlavaRuntime:
         self.load_s = time.perf_counter() - started
         self._marker = mtmd.mtmd_default_marker().decode()
         self.prefix_cache = PrefixCache(self.options.prefix_cache_bytes, self.options.prefix_cache_dir)
+        self._parking = Parking(self.prefix_cache)
         self._resident: tuple[str, int] | None = None
         """(prefix key, positions) of the image prefix now in the context, from the last call."""
         self._text_resident: tuple[int, ...] | None = None
@@ -114,6 +116,25 @@ class LlavaRuntime:
     def _raise_if_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise CaptionCancelledError("The caption was cancelled before it finished.")
+
+    def interleaving(self, turn: Interleave) -> AbstractContextManager[None]:
+        """Within this block, a caption steps aside before any of its steps (a CLIP encode, a prefill batch, a
+        generated token) when ``turn.wanted()``: its state is parked in RAM while ``turn.run()`` uses the model
+        on this thread, then it goes on where it was (``parking``)."""
+        return self._parking.allowed(turn)
+
+    def _make_way(self) -> float:
+        """Before a step: let waiting work run (``interleaving``); the seconds it took."""
+        return self._parking.make_way(self._ctx, self._marks, self._resume)
+
+    def _marks(self) -> tuple[tuple[str, int] | None, tuple[int, ...] | None]:
+        return self._resident, self._text_resident
+
+    def _resume(self, marks: tuple[tuple[str, int] | None, tuple[int, ...] | None]) -> None:
+        """After parked work: the caption's own marks back, and a cancel of that work forgotten."""
+        self._resident, self._text_resident = marks
+        self._cancelled.clear()
+        llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
 
     def close(self) -> bool:
         """Free the llama.cpp and libmtmd contexts and the prefix cache's memory; the runtime is unusable
@@ -224,7 +245,7 @@ class LlavaRuntime:
             self._raise_if_cancelled()
             decoder = Decoder(
                 self._ctx, self._vocab, options, started=started, stages=stages, layout=layout,
-                raise_if_cancelled=self._raise_if_cancelled,
+                raise_if_cancelled=self._raise_if_cancelled, make_way=self._step_hook(),
             )
             for event in decoder.events():
                 if isinstance(event, Generation):
@@ -292,12 +313,13 @@ class LlavaRuntime:
             self._resident = None
             yield from self._evaluate_text(tokenized, text_resident, stages)
             return stages
-        key = self._prefix_key(tokenized, planned.budget)
+        key = prefix_key(self._identity, self.files.template, tokenized, planned.budget)
         resident, self._resident = self._resident, None
-        n_past = self._reuse_resident(resident, key, stages)
+        n_past = reuse_resident(self._ctx, resident, key, stages)
         if n_past is None:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
-            n_past = self._restore_prefix(key, stages) if key and self.prefix_cache.enabled else None
+            n_past = restore_prefix(self._ctx, self.prefix_cache, key, stages) if key and self.prefix_cache.enabled \
+                else None
         meter = Meter(segments[prefix_end if n_past is not None else 0:])
         yield from meter.start()
         if n_past is None:
@@ -313,7 +335,8 @@ class LlavaRuntime:
     ) -> Generator[Progress, None, None]:
         """A text-only prompt, from the longest prefix it shares with the last one (``text_prefix``)."""
         tokens = tuple(token for index in range(tokenized.count) for token in tokenized.text_tokens(index))
-        steps = eval_text_prompt(self._ctx, tokens, resident, self.options.n_batch, self._raise_if_cancelled)
+        steps = eval_text_prompt(self._ctx, tokens, resident, self.options.n_batch, self._raise_if_cancelled,
+                                 self._step_hook())
         while True:
             try:
                 progress = next(steps)
@@ -324,19 +347,6 @@ class LlavaRuntime:
             raise_if_interrupted()
             self._raise_if_cancelled()
         self._text_resident = tokens
-
-    def _reuse_resident(
-        self, resident: tuple[str, int] | None, key: str | None, stages: dict[str, Any]
-    ) -> int | None:
-        """Positions kept when the context already holds this image's prefix, else None."""
-        if resident is None or key is None or resident[0] != key:
-            return None
-        memory = llama_cpp.llama_get_memory(self._ctx)
-        if not llama_cpp.llama_memory_seq_rm(memory, 0, resident[1], -1):
-            return None
-        stages["prefix_cache_hit"] = True
-        stages["cached_tokens"] = resident[1]
-        return resident[1]
 
     def _eval_segments(
         self, tokenized: Tokenized, segments: list[Segment], n_past: int, stages: dict[str, Any], meter: Meter,
@@ -351,17 +361,17 @@ class LlavaRuntime:
     def _eval_segment(
         self, tokenized: Tokenized, segment: Segment, n_past: int, stages: dict[str, Any], meter: Meter,
     ) -> Iterator[Progress]:
-        n_batch, on_failure = self.options.n_batch, self._raise_if_cancelled
+        n_batch, on_failure, make_way = self.options.n_batch, self._raise_if_cancelled, self._step_hook()
         first = segment.chunks[0]
         if segment.kind == IMAGE:
-            steps = eval_image(self._mtmd, self._ctx, tokenized.chunk(first), n_past, n_batch, on_failure)
+            steps = eval_image(self._mtmd, self._ctx, tokenized.chunk(first), n_past, n_batch, on_failure, make_way)
         elif segment.kind == REDUCED:
             chunks = [tokenized.chunk(index) for index in segment.chunks]
             steps = eval_reduced_image(self._mtmd, self._ctx, chunks, segment.tokens, segment.selection,
-                                       n_past, n_batch, on_failure)
+                                       n_past, n_batch, on_failure, make_way)
         else:
             steps = eval_text(self._ctx, tokenized.text_tokens(first), n_past, n_batch,
-                              last=first == tokenized.count - 1, on_failure=on_failure)
+                              last=first == tokenized.count - 1, on_failure=on_failure, make_way=make_way)
         prefill_stage = "text_prefill_s" if segment.kind == TEXT else "image_prefill_s"
         for stage, amount, seconds in steps:
             if stage == SELECT:
@@ -372,23 +382,10 @@ class LlavaRuntime:
             raise_if_interrupted()
             self._raise_if_cancelled()
 
-    def _prefix_key(self, tokenized: Tokenized, budget: TokenBudget | None) -> str:
-        prefix = self.files.template.split("{image}")[0]
-        reduced = f"|tokens={budget.tag}" if budget is not None else ""  # unchanged for full-token prefixes
-        return hashlib.sha256(f"{self._identity}|{prefix}|{tokenized.image_key}{reduced}".encode()).hexdigest()
-
-    def _restore_prefix(self, key: str, stages: dict[str, Any]) -> int | None:
-        state = self.prefix_cache.get(key)
-        if state is None:
-            return None
-        began = time.perf_counter()
-        if not restore(self._ctx, state):
-            return None
-        stages["image_prefill_s"] = time.perf_counter() - began
-        stages["prefix_cache_hit"] = True
-        stages["cached_tokens"] = state.n_past
-        return state.n_past
-
+    def _step_hook(self) -> MakeWay | None:
+        """What a caption's steps call first: ``_make_way`` while interleaving is allowed, else nothing (the
+        steps then run exactly as without it)."""
+        return self._make_way if self._parking.active else None
 
 def _without_image(template: str) -> str:
     """A template for a text-only prompt: its image slot removed, with the line break that follows it."""

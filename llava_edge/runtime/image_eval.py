@@ -18,6 +18,7 @@ from PIL import Image
 from llava_edge.errors import RuntimeBackendError
 from llava_edge.events import ENCODE, PREFILL
 from llava_edge.generation import PromptChunk
+from llava_edge.runtime.parking import MakeWay
 from llava_edge.runtime.token_selection import reduce_views
 
 SELECT = "select"
@@ -123,6 +124,7 @@ the selection of a budgeted image (``SELECT``, 0, seconds)."""
 
 def eval_image(
     mtmd_context: Any, context: Any, chunk: Any, n_past: int, n_batch: int, on_failure: Callable[[], None],
+    make_way: MakeWay | None = None,
 ) -> Iterator[Step]:
     """Encode an image chunk (one tile) with CLIP, then decode its embeddings from position ``n_past``,
     ``n_batch`` at a time; yields a step after the encode and after each batch. ``on_failure`` runs before
@@ -130,7 +132,12 @@ def eval_image(
 
     The batches, positions and flags are those of ``mtmd_helper_decode_image_chunk`` for a causal model
     with one position per token (LLaVA), so the context ends the same; a model with M-RoPE positions or
-    non-causal image attention is left to that helper, in one call."""
+    non-causal image attention is left to that helper, in one call.
+
+    ``make_way`` runs before each step (``parking``); work run then encodes images of its own, so the tile's
+    embeddings are copied out of libmtmd's buffer first."""
+    if make_way is not None:
+        make_way()
     began = time.perf_counter()
     if mtmd.mtmd_encode_chunk(mtmd_context, chunk) != 0:
         raise RuntimeBackendError("libmtmd failed to encode the image.")
@@ -142,13 +149,21 @@ def eval_image(
         _decode_with_helper(mtmd_context, context, chunk, embeddings, n_past, n_batch, on_failure)
         yield PREFILL, n_tokens, time.perf_counter() - began
         return
-    first = ctypes.cast(embeddings, ctypes.c_void_p).value or 0
-    yield from _decode_embeddings(context, first, n_tokens, n_past, n_batch, on_failure)
+    owned = _owned_copy(context, embeddings, n_tokens) if make_way is not None else None
+    first = owned.ctypes.data if owned is not None else ctypes.cast(embeddings, ctypes.c_void_p).value or 0
+    yield from _decode_embeddings(context, first, n_tokens, n_past, n_batch, on_failure, make_way)
+
+
+def _owned_copy(context: Any, embeddings: Any, n_tokens: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """A tile's embeddings copied out of libmtmd's buffer (the next encode reuses that buffer)."""
+    n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
+    output = ctypes.cast(embeddings, ctypes.POINTER(ctypes.c_float))
+    return np.ctypeslib.as_array(output, shape=(n_tokens, n_embd)).copy()
 
 
 def eval_reduced_image(
     mtmd_context: Any, context: Any, chunks: Sequence[Any], count: int, selection: str, n_past: int,
-    n_batch: int, on_failure: Callable[[], None],
+    n_batch: int, on_failure: Callable[[], None], make_way: MakeWay | None = None,
 ) -> Iterator[Step]:
     """Encode every view (chunk) of one image with CLIP, keep ``count`` of all their tokens (by
     ``selection``, see ``token_selection``), then decode the kept embeddings from position ``n_past`` at
@@ -164,6 +179,8 @@ def eval_reduced_image(
     n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
     views = []
     for chunk in chunks:
+        if make_way is not None:
+            make_way()
         began = time.perf_counter()
         if mtmd.mtmd_encode_chunk(mtmd_context, chunk) != 0:
             raise RuntimeBackendError("libmtmd failed to encode the image.")
@@ -176,18 +193,21 @@ def eval_reduced_image(
     del views
     yield SELECT, 0, time.perf_counter() - began
     kept = reduced.embeddings  # alive while the batches point into it
-    yield from _decode_embeddings(context, kept.ctypes.data, len(kept), n_past, n_batch, on_failure)
+    yield from _decode_embeddings(context, kept.ctypes.data, len(kept), n_past, n_batch, on_failure, make_way)
 
 
 def _decode_embeddings(
     context: Any, first: int, n_tokens: int, n_past: int, n_batch: int, on_failure: Callable[[], None],
+    make_way: MakeWay | None,
 ) -> Iterator[Step]:
     """Decode ``n_tokens`` float32 embeddings at address ``first`` from position ``n_past``, ``n_batch`` at a
-    time (no logits), a step per batch."""
+    time (no logits), a step per batch; ``make_way`` before each."""
     n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
     batch = _EmbeddingBatch(min(n_batch, n_tokens))
     for offset in range(0, n_tokens, n_batch):
         count = min(n_batch, n_tokens - offset)
+        if make_way is not None:
+            make_way()
         view = batch.view(first + offset * n_embd * ctypes.sizeof(ctypes.c_float), n_past + offset, count)
         began = time.perf_counter()
         status = llama_cpp.llama_decode(context, view)
@@ -199,13 +219,16 @@ def _decode_embeddings(
 
 def eval_text(
     context: Any, tokens: tuple[int, ...], n_past: int, n_batch: int, *, last: bool,
-    on_failure: Callable[[], None],
+    on_failure: Callable[[], None], make_way: MakeWay | None = None,
 ) -> Iterator[Step]:
     """Decode text tokens from position ``n_past``, ``n_batch`` at a time (logits for the very last token
-    only when ``last``), as ``mtmd_helper_eval_chunk_single`` does; yields a step per batch."""
+    only when ``last``), as ``mtmd_helper_eval_chunk_single`` does; yields a step per batch, ``make_way``
+    before each."""
     batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
     try:
         for offset in range(0, len(tokens), n_batch):
+            if make_way is not None:
+                make_way()
             part = tokens[offset:offset + n_batch]
             fill_batch(batch, part, n_past + offset, logits=False)
             if last and offset + len(part) == len(tokens):

@@ -15,6 +15,7 @@ import llama_cpp
 
 from llava_edge.events import PREFILL, Progress
 from llava_edge.runtime.image_eval import eval_text
+from llava_edge.runtime.parking import MakeWay
 
 
 def shared_prefix(resident: Sequence[int], tokens: Sequence[int]) -> int:
@@ -29,6 +30,7 @@ def shared_prefix(resident: Sequence[int], tokens: Sequence[int]) -> int:
 
 def eval_text_prompt(
     context: Any, tokens: tuple[int, ...], resident: tuple[int, ...] | None, n_batch: int, on_failure: Any,
+    make_way: MakeWay | None = None,
 ) -> Generator[Progress, None, tuple[int, float]]:
     """Evaluate a text-only prompt, reusing what ``resident`` (the last text prompt, or None) shares with it;
     a ``Progress`` event per batch. Returns (tokens reused, seconds spent)."""
@@ -39,7 +41,8 @@ def eval_text_prompt(
         keep = 0
     total, done, elapsed = len(tokens) - keep, 0, 0.0
     yield Progress.measured(PREFILL, 0, total, 0.0)
-    for _, amount, seconds in eval_text(context, tokens[keep:], keep, n_batch, last=True, on_failure=on_failure):
+    steps = eval_text(context, tokens[keep:], keep, n_batch, last=True, on_failure=on_failure, make_way=make_way)
+    for _, amount, seconds in steps:
         done, elapsed = done + amount, elapsed + seconds
         yield Progress.measured(PREFILL, done, total, elapsed)
     return keep, elapsed

@@ -5,7 +5,7 @@
 * ``POST /v1`` (and ``/``): a JSON array of tasks -> ``{"data": [...]}`` / ``{"errors": [...]}``; the HTTP
   status is chosen by the TYPE of the error (``status_for``), never by its text.
 * WebSocket ``/v1`` (and ``/``): authentication handshake, ping/pong, task arrays, one frame per answer.
-* ``GET /images/<uuid>.<ext>`` and ``GET /health``: ``resources.py``.
+* ``GET /images/<uuid>.<ext>`` and ``GET /health``: ``resources.py``; ``GET /metrics``: ``metrics/``.
 * Unknown routes and wrong methods: in the shape of the API the path belongs to (``families.py``).
 
 Task semantics live in ``tasks.py``; this module is transport only. Needs the ``server`` extra.
@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 try:
+    import prometheus_client  # noqa: F401  (GET /metrics: metrics/)
     import uvicorn
     from fastapi import FastAPI, Request, WebSocket
     from fastapi.responses import Response
@@ -32,7 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised without the extra ins
     from llava_edge.errors import MissingExtraError
 
     raise MissingExtraError(
-        f"The llava-edge server needs FastAPI, uvicorn and websockets ({err.name} is missing). "
+        f"The llava-edge server needs FastAPI, uvicorn, websockets and prometheus-client ({err.name} is missing). "
         'Install them with: pip install "llava-edge[server]"'
     ) from err
 
@@ -49,6 +50,8 @@ from llava_edge.server.chat import request_client
 from llava_edge.server.connections import guarded_protocol
 from llava_edge.server.families import add_route_errors
 from llava_edge.server.guard import RequestGuard
+from llava_edge.server.metrics.scrape import RequestMetrics, add_metrics_route
+from llava_edge.server.metrics.server_metrics import ServerMetrics
 from llava_edge.server.ollama_api import add_ollama_routes
 from llava_edge.server.ollama_pull import add_pull_routes
 from llava_edge.server.openai_api import add_openai_routes
@@ -63,6 +66,7 @@ from llava_edge.server.shutdown import DrainingServer, signals_absorbed
 from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
+from llava_edge.server.work_options import BACKGROUND, header_priority
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -76,6 +80,8 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
     """The Runware-compatible app for one loaded ``Captioner``. The model worker starts with the app."""
     settings = settings or ServerSettings()
     service = TaskService(captioner, settings)
+    metrics = ServerMetrics(service.resident, service.queue_depths)
+    service.resident.observer = metrics.model
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,12 +90,14 @@ def create_app(captioner: Captioner, settings: ServerSettings | None = None) -> 
         await asyncio.to_thread(service.stop)  # bounded: shutdown_timeout + delivery_flush_timeout
 
     app = FastAPI(title="llava-edge", version=__version__, description=REST_DESCRIPTION, lifespan=lifespan)
-    app.state.service = service
+    app.state.service, app.state.metrics = service, metrics
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_middleware(RefusalLog)  # outermost: it sees the guard's refusals too
-    _add_rest(app, service)
-    _add_websocket(app, service)
+    app.add_middleware(RefusalLog)  # outside the guard: it sees the guard's refusals too
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it counts every answer
+    _add_rest(app, service, metrics)
+    _add_websocket(app, service, metrics)
     add_resources(app, service)
+    add_metrics_route(app, service, metrics)
     add_route_errors(app)
     add_openai_routes(app, service)
     add_responses_routes(app, service)
@@ -137,7 +145,7 @@ def run_server(captioner: Captioner, settings: ServerSettings) -> bool:
 # -- REST -----------------------------------------------------------------------------------------
 
 
-def _add_rest(app: FastAPI, service: TaskService) -> None:
+def _add_rest(app: FastAPI, service: TaskService, metrics: ServerMetrics) -> None:
     async def post_tasks(request: Request) -> Response:
         try:
             body = await _read_authenticated_body(request, service)
@@ -145,8 +153,11 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
         except LlavaEdgeError as err:
             return _envelope([Outcome.failure(err)])
         base_url, client = _http_base(request.base_url), _client(request)
-        reader = request_client(request)
-        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client, reader) for task in tasks))
+        reader, background = request_client(request), header_priority(request.headers) == BACKGROUND
+        outcomes = await asyncio.gather(*(_answer(service, task, base_url, client, reader, background)
+                                          for task in tasks))
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            metrics.task("rest", task_identity(task)[0], outcome.ok)
         return _envelope(list(outcomes))
 
     options: dict[str, Any] = {"methods": ["POST"], "responses": REST_RESPONSES, "openapi_extra": REST_OPENAPI}
@@ -154,12 +165,14 @@ def _add_rest(app: FastAPI, service: TaskService) -> None:
     app.add_api_route("/", post_tasks, include_in_schema=False, **options)
 
 
-async def _answer(service: TaskService, task: Any, base_url: str, client: str, reader: str) -> Outcome:
+async def _answer(service: TaskService, task: Any, base_url: str, client: str, reader: str,
+                  background: bool) -> Outcome:
     """One task of a REST request: ``client`` is the address (the authentication brake's key), ``reader`` the
-    client whose turn its image fetches take (``read_policy.client_key``)."""
+    client whose turn its image fetches take (``read_policy.client_key``); ``background``: its header asks for
+    background priority."""
     if task_identity(task)[0] == AUTH_TASK_TYPE:
         return service.authenticate(task, client)
-    return await service.run(task, base_url=base_url, client=reader)
+    return await service.run(task, base_url=base_url, client=reader, background=background)
 
 
 def _client(request: Request | WebSocket) -> str:
@@ -243,10 +256,10 @@ def _http_base(base: URL) -> str:
 # -- WebSocket ------------------------------------------------------------------------------------
 
 
-def _add_websocket(app: FastAPI, service: TaskService) -> None:
+def _add_websocket(app: FastAPI, service: TaskService, metrics: ServerMetrics) -> None:
     async def websocket_tasks(websocket: WebSocket) -> None:
         await websocket.accept()
-        await _Connection(websocket, service).serve()
+        await _Connection(websocket, service, metrics).serve()
 
     for path in ("/v1", "/v1/", "/"):
         app.add_api_websocket_route(path, websocket_tasks)
@@ -257,13 +270,16 @@ class _Connection:
     small frames; its tasks run concurrently (at most ``ws_max_in_flight``: further frames wait), each
     answered in its own frame as soon as it is done."""
 
-    def __init__(self, websocket: WebSocket, service: TaskService):
+    def __init__(self, websocket: WebSocket, service: TaskService, metrics: ServerMetrics):
         self.websocket = websocket
         self.service = service
+        self.metrics = metrics
         self.base_url = _http_base(websocket.base_url)
         self.authenticated = False
         self.client = client_key(connection=uuid.uuid4().hex)
         """This connection, as the client its image fetches count for."""
+        self.background = header_priority(websocket.headers) == BACKGROUND
+        """Its upgrade request's header asked for background priority for all its tasks."""
         self._send_lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
         self._unanswered: set[str] = set()
@@ -309,12 +325,12 @@ class _Connection:
             if task_type == AUTH_TASK_TYPE:
                 outcome = self.service.authenticate(raw, _client(self.websocket))
                 self.authenticated = outcome.ok
-                await self._send(outcome)
+                await self._answered(task_type, outcome)
             elif task_type == "ping" or self.authenticated:
                 await self._room_for_one_more()
                 self._start(raw)
             else:
-                await self._send(Outcome.failure(AuthenticationError(
+                await self._answered(task_type, Outcome.failure(AuthenticationError(
                     "Authenticate first: send [{\"taskType\": \"authentication\", \"apiKey\": ...}].",
                     code="missingApiKey", task_type=task_type, task_uuid=task_uuid)))
 
@@ -333,13 +349,19 @@ class _Connection:
         if task_uuid:
             self._unanswered.add(task_uuid)
         try:
-            outcome = await self.service.run(raw, base_url=self.base_url, client=self.client)
+            outcome = await self.service.run(raw, base_url=self.base_url, client=self.client,
+                                             background=self.background)
         finally:
             self._unanswered.discard(task_uuid or "")
         try:
-            await self._send(outcome)
+            await self._answered(task_identity(raw)[0], outcome)
         except Exception:
             _log.info("client left before task %s was answered", task_identity(raw)[1])
+
+    async def _answered(self, task_type: str | None, outcome: Outcome) -> None:
+        """Send a task's answer, counted (``llava_edge_runware_tasks``) whether or not the client still hears it."""
+        self.metrics.task("websocket", task_type, outcome.ok)
+        await self._send(outcome)
 
     async def _send(self, outcome: Outcome) -> None:
         async with self._send_lock:

@@ -9,8 +9,8 @@ import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llava_edge.errors import (
     InvalidRequestError,
@@ -20,11 +20,21 @@ from llava_edge.errors import (
 from llava_edge.events import Progress, TextDelta
 from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
+from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.conversation import quoted
+from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
 from llava_edge.server.read_policy import client_key
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.task_results import Outcome
+from llava_edge.server.work_options import (
+    BACKGROUND,
+    FLEX_TIER,
+    WorkOptions,
+    header_priority,
+    priority_of,
+    split_background,
+)
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -80,6 +90,15 @@ class RequestedModel:
     """As the request gave it: answers echo it."""
     target: str
     """The id of the installed model that answers it (swapped in first when another one is resident)."""
+    background: bool = False
+    """The name ended in ``:background``: the request is background work (``work_options``)."""
+
+
+def requested_work(body: dict[str, Any], requested: RequestedModel) -> WorkOptions:
+    """The budget, ``keep_alive`` and priority of an OpenAI Chat Completions or Responses request: background
+    with ``service_tier: "flex"`` or a ``:background`` model name (the header is read by ``answered``)."""
+    flex = body.get("service_tier") == FLEX_TIER
+    return WorkOptions(requested_budget(body), requested_keep_alive(body), priority_of(flex, requested.background))
 
 
 def check_model(name: object, service: TaskService) -> RequestedModel:
@@ -90,9 +109,10 @@ def check_model(name: object, service: TaskService) -> RequestedModel:
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequestError("model is required.", code="missingModel", parameter="model")
-    target = resolve_model(name, service)
+    model, background = split_background(name)
+    target = resolve_model(model, service)
     if target is not None:
-        return RequestedModel(name, target)
+        return RequestedModel(name, target, background)
     installed = installed_model_ids(service)
     raise UnknownModelError(
         f"Model {quoted(name)} is not on this machine. Installed: {', '.join(installed[:8])}; "
@@ -168,6 +188,7 @@ async def answer_while_connected(request: Request, service: TaskService, call: C
     """``service.chat(call)`` for a non-streamed answer, watching the client meanwhile: when it disconnects, the
     call is cancelled as a closed stream's is (``TaskService.cancel_chat``), so a caption nobody waits for
     stops at its next step, and a queued one never runs."""
+    call = prioritised(call, request)
     answer = asyncio.ensure_future(service.chat(call, base_url=str(request.base_url), client=request_client(request)))
     while not answer.done():
         await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
@@ -181,7 +202,15 @@ def stream_while_connected(request: Request, service: TaskService,
                            call: ChatCall) -> AsyncIterator[Progress | TextDelta | Outcome]:
     """``service.chat_stream(call)`` for this request's client: leaving the stream (the client disconnected)
     cancels the call."""
-    return service.chat_stream(call, base_url=str(request.base_url), client=request_client(request))
+    return service.chat_stream(prioritised(call, request), base_url=str(request.base_url),
+                               client=request_client(request))
+
+
+def prioritised(call: ChatCall, request: Request) -> ChatCall:
+    """``call`` as background work when the request's ``X-Llava-Edge-Priority`` header says so."""
+    if header_priority(request.headers) != BACKGROUND or call.work.priority == BACKGROUND:
+        return call
+    return replace(call, work=replace(call.work, priority=BACKGROUND))
 
 
 async def first_and_rest(events: AsyncIterator[T]) -> tuple[T, AsyncIterator[T]]:

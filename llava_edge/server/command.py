@@ -18,7 +18,8 @@ from llava_edge.command_options import ModelLoad, runtime_options
 @click.option("--api-key", envvar="LLAVA_EDGE_API_KEY", default=None,
               help="Key clients must send (env LLAVA_EDGE_API_KEY). Without one, any key is accepted.")
 @click.option("--max-queue", type=click.IntRange(1), default=None,
-              help="Caption tasks waiting at most (default 32); more are answered serviceUnavailable.")
+              help="Caption tasks waiting at most per priority class, interactive and background (default 32); "
+              "more are answered serviceUnavailable.")
 @click.option("--result-ttl", type=click.IntRange(1), default=None,
               help="Seconds results stay available to getResponse when a task sets no ttl (default 3600).")
 @click.option("--allow-fetch-host", "fetch_hosts", metavar="HOST", multiple=True,

@@ -80,7 +80,7 @@ class ImageIntake:
         n_ctx = captioner.runtime.options.n_ctx
         if job.chat is not None:
             call = job.chat
-            tokens = call.budget.tokens if call.budget is not None else None
+            tokens = call.work.budget.tokens if call.work.budget is not None else None
             check_before_decoding(sizes, detail=call.detail, image_tokens=tokens,
                                   prompt_chars=sum(map(len, call.prompt)), max_tokens=call.options.max_tokens,
                                   n_ctx=n_ctx, max_pixels=self.settings.max_request_pixels)

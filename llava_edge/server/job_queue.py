@@ -1,5 +1,6 @@
-"""The jobs waiting for the model, taken in the order ``queue_policy.next_job`` decides. Thread-safe: the event
-loop puts jobs in, the model worker takes them out."""
+"""The jobs waiting for the model, taken in the order ``queue_policy.next_job`` decides, and the interactive jobs a
+parked background job lets run in its place (``take_between``). Thread-safe: the event loop puts jobs in, the model
+worker takes them out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import threading
 import time
 
 from llava_edge.server.jobs import Job
-from llava_edge.server.queue_policy import Residency, next_job, wait_before_swap
+from llava_edge.server.queue_policy import Residency, background_turn, next_job, wait_before_swap
+from llava_edge.server.work_options import INTERACTIVE
 
 
 class JobQueue:
@@ -17,6 +19,8 @@ class JobQueue:
         self._jobs: list[Job] = []
         self._ready = threading.Condition()
         self._residency = Residency(resident_model, float("-inf"), min_residency)  # nobody asked for it yet
+        self._streak = 0
+        """Interactive jobs taken in a row while background work waited (``queue_policy.BACKGROUND_SHARE``)."""
 
     def put(self, job: Job) -> None:
         """Queue ``job`` (stamped with its arrival); a job for the resident model counts as asking for it."""
@@ -32,8 +36,11 @@ class JobQueue:
         with self._ready:
             while True:
                 now = time.monotonic()
-                job = next_job(self._jobs, self._residency, now)
+                job = next_job(self._jobs, self._residency, now, self._streak)
                 if job is not None:
+                    if job.priority == INTERACTIVE:  # a background job's share is served by its first step
+                        waits = any(other.priority != INTERACTIVE for other in self._jobs if other is not job)
+                        self._streak = self._streak + 1 if waits else 0
                     self._jobs.remove(job)
                     self._asked(job)
                     return job
@@ -42,6 +49,31 @@ class JobQueue:
                 if pause <= 0:
                     return None
                 self._ready.wait(pause)
+
+    def wanted_between(self, stepped: bool) -> bool:
+        """Asked before each step of a running background job (``stepped``: it has taken one since it started or
+        was last asked, which serves background work's share): True when an interactive job for the resident
+        model waits to run in its place and background work is not owed the model."""
+        with self._ready:
+            if stepped:
+                self._streak = 0
+            return not background_turn(self._streak) and any(self._between())
+
+    def take_between(self) -> Job | None:
+        """The next interactive job for the resident model, to run while a background job is parked; None when
+        there is none, or background work is owed the model (``BACKGROUND_SHARE`` ran in a row)."""
+        with self._ready:
+            jobs = self._between()
+            if not jobs or background_turn(self._streak):
+                return None
+            job = min(jobs, key=lambda waiting: waiting.arrived)
+            self._jobs.remove(job)
+            self._asked(job)
+            self._streak += 1
+            return job
+
+    def _between(self) -> list[Job]:
+        return [job for job in self._jobs if job.priority == INTERACTIVE and job.model == self._residency.model]
 
     def loaded(self, model: str) -> None:
         """``model`` is resident now (a swap loaded it for a job: that counts as asking for it)."""

@@ -11,6 +11,7 @@ from typing import Any
 from llava_edge.schema import CaptionRequest
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.task_results import Outcome
+from llava_edge.server.work_options import WorkOptions
 
 
 @dataclass(eq=False)
@@ -29,8 +30,8 @@ class Job:
     images: list[bytes] = field(default_factory=list)
     """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
     the model queue only then."""
-    keep_alive: float | None = None
-    """Seconds the model stays loaded after this job's answer (its ``keep_alive``); None: the server's default."""
+    work: WorkOptions = field(default_factory=WorkOptions)
+    """Its budget, keep-alive and priority class (a chat call's own, see ``__post_init__``)."""
     arrived: float = 0.0
     """When it entered the model queue (``time.monotonic``)."""
     completed: threading.Event = field(default_factory=threading.Event)
@@ -38,8 +39,18 @@ class Job:
     """Set when nobody waits for this job any more: its caption stops at the next step."""
 
     def __post_init__(self) -> None:
-        if self.chat is not None and self.keep_alive is None:
-            self.keep_alive = self.chat.keep_alive
+        if self.chat is not None:
+            self.work = self.chat.work
+
+    @property
+    def keep_alive(self) -> float | None:
+        """Seconds the model stays loaded after this job's answer; None: the server's ``--keep-alive``."""
+        return self.work.keep_alive
+
+    @property
+    def priority(self) -> str:
+        """``interactive`` or ``background`` (``work_options``)."""
+        return self.work.priority
 
     @property
     def load_only(self) -> bool:

@@ -1,5 +1,7 @@
 """The ONE model thread: it takes the next job the queue policy picks (``job_queue``), makes the job's model
-the resident one (a swap, or a reload after an idle unload), and runs the caption. Between jobs it unloads the
+the resident one (a swap, or a reload after an idle unload), and runs the caption. A background job's caption
+steps aside between two of its steps (``runtime.parking``) for interactive jobs on the resident model, which run
+in its place on this thread; then it goes on where it was. Between jobs it unloads the
 model once its keep-alive has expired and no admitted job wants it (``keep_alive``). A supervisor loop restarts
 the worker should its loop ever raise, so no job can stop the model thread."""
 
@@ -8,13 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
-from llava_edge.errors import LlavaEdgeError
+from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.server.job_queue import JobQueue
 from llava_edge.server.jobs import Job
 from llava_edge.server.resident_model import ResidentModel
 from llava_edge.server.task_errors import failure, internal_error
 from llava_edge.server.task_results import Outcome
+from llava_edge.server.work_options import INTERACTIVE
 
 _log = logging.getLogger("llava_edge.server.task_service")
 
@@ -68,9 +72,18 @@ class ModelWorker:
         except LlavaEdgeError as err:
             return failure(err, job.request) if job.chat is None else Outcome.failure(err)
         try:
-            return Outcome({}) if job.load_only else self._run(job)
+            if job.load_only:
+                return Outcome({})
+            with self._interleaving(job):
+                return self._run(job)
         finally:
             self.resident.used(job.keep_alive)
+
+    def _interleaving(self, job: Job) -> AbstractContextManager[None]:
+        """For a background job: interactive jobs may run between two of its steps."""
+        if job.priority == INTERACTIVE:
+            return nullcontext()
+        return self.resident.captioner.runtime.interleaving(_Between(self.queue, job, self._handle))
 
     def _run(self, job: Job) -> Outcome:
         if job.chat is not None:
@@ -85,3 +98,24 @@ class ModelWorker:
         except Exception:  # its text stays in the log: it may name the server's files
             _log.exception("caption task %s failed unexpectedly", job.request.task_uuid)
             return failure(internal_error(job.request.task_type, job.request.task_uuid), job.request)
+
+
+class _Between:
+    """The interactive jobs a running background job lets run in its place (``runtime.parking.Interleave``)."""
+
+    def __init__(self, queue: JobQueue, parked: Job, handle: Callable[[Job], None]):
+        self.queue, self.parked, self.handle = queue, parked, handle
+        self.asked = 0
+
+    def wanted(self) -> bool:
+        """Asked before each of the job's steps: from the second on, it has taken a step since the last ask."""
+        self.asked += 1
+        return self.queue.wanted_between(stepped=self.asked > 1)
+
+    def run(self) -> None:
+        """Run the waiting interactive jobs (at most ``BACKGROUND_SHARE`` in a row); the parked job stops here
+        when its client left meanwhile."""
+        while (job := self.queue.take_between()) is not None:
+            self.handle(job)
+        if self.parked.completed.is_set() or self.parked.abandoned.is_set():
+            raise CaptionCancelledError("The caption was stopped while it was set aside: its client left.")

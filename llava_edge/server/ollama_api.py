@@ -52,6 +52,7 @@ from llava_edge.server.sampling_fields import OLLAMA_SAMPLERS, generation_option
 from llava_edge.server.statuses import retry_headers, status_for
 from llava_edge.server.task_results import Outcome
 from llava_edge.server.task_service import TaskService
+from llava_edge.server.work_options import WorkOptions, priority_of
 from llava_edge.token_budget import TokenBudget
 
 OLLAMA_COMPATIBLE_VERSION = "0.12.0"
@@ -141,13 +142,12 @@ def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
         raise InvalidRequestError("stream must be true or false.", parameter="stream")
-    keep_alive = requested_keep_alive(body)
+    work = WorkOptions(budget, requested_keep_alive(body), priority_of(requested.background))
     if not turns:
-        return requested.name, ChatCall((), (), options, model=requested.target, keep_alive=keep_alive,
-                                        load_only=True), stream
+        return requested.name, ChatCall((), (), options, model=requested.target, work=work, load_only=True), stream
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
     call = ChatCall(conversation_images(turns), prompt, options, model=requested.target,
-                    structure=ollama_structure(body), budget=budget, keep_alive=keep_alive)
+                    structure=ollama_structure(body), work=work)
     return requested.name, call, stream
 
 
@@ -158,7 +158,7 @@ async def _load_only(request: Request, service: TaskService, call: ChatCall, mod
     outcome = await answer_while_connected(request, service, call)
     if outcome.error is not None:
         return ollama_error(outcome.error)
-    reason = "unload" if call.keep_alive == 0 else "load"
+    reason = "unload" if call.work.keep_alive == 0 else "load"
     answer: dict[str, Any] = {"model": model, "created_at": _now(), "done": True, "done_reason": reason}
     answer.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
     if stream:

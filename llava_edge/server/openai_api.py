@@ -24,12 +24,12 @@ from llava_edge.errors import InvalidRequestError, LlavaEdgeError
 from llava_edge.events import Progress, TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
-from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
     answer_while_connected,
     authenticate_request,
     check_model,
     first_and_rest,
+    requested_work,
     stream_while_connected,
 )
 from llava_edge.server.conversation import (
@@ -41,7 +41,6 @@ from llava_edge.server.conversation import (
     role_of,
 )
 from llava_edge.server.families import openai_type
-from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_listing import CAPABILITIES, installed_list
 from llava_edge.server.public_errors import for_client
 from llava_edge.server.request_fields import OPENAI_CHAT, check_fields
@@ -119,8 +118,7 @@ def _chat_call(body: dict[str, Any], service: TaskService) -> tuple[ChatCall, st
         raise InvalidRequestError("stream must be true or false.", code="invalid_type", parameter="stream")
     prompt = bounded_prompt(turns, service.captioner.runtime.options.n_ctx)
     call = ChatCall(conversation_images(turns), prompt, options, detail, model=requested.target,
-                    structure=openai_structure(body.get("response_format")), budget=requested_budget(body),
-                    keep_alive=requested_keep_alive(body))
+                    structure=openai_structure(body.get("response_format")), work=requested_work(body, requested))
     return call, requested.name, stream
 
 

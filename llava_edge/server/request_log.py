@@ -30,6 +30,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("llava_edge.server.requests")
+UNKNOWN_ROUTE = "(unknown route)"
+"""``route_template`` of a request no route matches."""
 MESSAGE_CHARS = 300
 """A logged message is cut to this many characters (messages quote client text cut to 80 already)."""
 
@@ -86,7 +88,7 @@ def _log_refusal(scope: Scope, status: int, refusal: _Refusal) -> None:
 
 def route_template(scope: Scope) -> str:
     """The template of the route a request reached (``/images/{name}``); for a request the router has not
-    matched yet (refused at the door), the first route that would match; ``(unknown route)`` for none."""
+    matched yet (refused at the door), the first route that would match; ``UNKNOWN_ROUTE`` for none."""
     route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return str(route.path)
@@ -94,7 +96,7 @@ def route_template(scope: Scope) -> str:
     for candidate in getattr(getattr(app, "router", None), "routes", []):
         if candidate.matches(scope)[0] is not Match.NONE:
             return str(candidate.path)
-    return "(unknown route)"
+    return UNKNOWN_ROUTE
 
 
 def show_server_logs(level: int = logging.INFO) -> None:

@@ -5,10 +5,12 @@ captions, when the queue policy lets it (``queue_policy``). The resident model i
 in memory at a time; should the new one fail to load, the previous one is loaded again from its files (the start
 model may come from ``--model-path`` and have no name to be loaded by), the error is that request's, and
 ``/health`` reports it (``lastLoadError``). A failed load never leaves the server answering with a closed model.
+Loads, unloads and finished captions are told to the ``observer`` (the server's metrics).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -16,9 +18,9 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from llava_edge.api import CaptionDone
+from llava_edge.api import CaptionDone, CaptionResult
 from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
 from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
@@ -27,14 +29,34 @@ from llava_edge.server.keep_alive import IdleClock, describe, timer_for
 from llava_edge.server.public_errors import public_message
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_results import Outcome
+from llava_edge.server.work_options import WorkOptions
 from llava_edge.structured import StructuredOutput
-from llava_edge.token_budget import TokenBudget
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
 
 _log = logging.getLogger("llava_edge.server.resident_model")
 EventSink = Callable[[Progress | TextDelta], None]
+UnloadReason = Literal["idle", "keep_alive_zero", "swap"]
+"""Why a model left memory: its keep-alive ran out, a keep-alive of 0 (the server's or the request's) unloaded it
+right after the answer, or another model came in."""
+
+
+class ModelObserver:
+    """Told what happens to the resident model, in the model thread; this one ignores it (the server's metrics
+    subclass it)."""
+
+    def loaded(self, model: str, seconds: float, *, swap: bool) -> None:
+        """``model`` was loaded in ``seconds``; ``swap``: it replaced another model (else: none was in memory)."""
+
+    def unloaded(self, model: str, seconds: float, reason: UnloadReason) -> None:
+        """``model`` was freed in ``seconds``."""
+
+    def load_failed(self, model: str) -> None:
+        """Loading ``model`` failed (the previous model is loaded again when it can be)."""
+
+    def captioned(self, result: CaptionResult) -> None:
+        """A caption finished (any API): its token counts and stage timings."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +78,8 @@ class ChatCall:
     event) when another one is resident; None: the start model."""
     structure: StructuredOutput | None = None
     """``response_format`` / ``format``: the checked schema and its grammar; the answer is JSON that follows it."""
-    budget: TokenBudget | None = None
-    """``image_tokens`` / ``token_selection``: at most that many image tokens fed per image; ``None``: all."""
-    keep_alive: float | None = None
-    """``keep_alive``: seconds the model stays loaded after this answer; None: the server's ``--keep-alive``."""
+    work: WorkOptions = field(default_factory=WorkOptions)
+    """Its image token budget, ``keep_alive`` and priority class (``work_options``)."""
     load_only: bool = False
     """Only load the model (Ollama's request with no prompt), or unload it when ``keep_alive`` is 0."""
 
@@ -69,7 +89,9 @@ class ResidentModel:
 
     def __init__(self, captioner: Captioner, settings: ServerSettings):
         self.settings = settings
-        self.captioner = fetching_from(captioner, settings)
+        self.observer = ModelObserver()
+        """Told about loads, unloads and finished captions (``create_app`` sets the server's metrics)."""
+        self.captioner = self._observed(fetching_from(captioner, settings))
         self.start_model = captioner.model_name
         """The model ``serve`` loaded: the generic names (``llava``, ``llava:7b``) mean it."""
         self.start_files = captioner.files
@@ -106,9 +128,11 @@ class ResidentModel:
         and no job wants it. The next job loads it again (``ensure``)."""
         if self._unloaded:
             return
-        idle = self.idle.idle_for()
+        idle, began = self.idle.idle_for(), time.perf_counter()
         self.captioner.close()
         self._unloaded, self._failed_load = True, False
+        reason: UnloadReason = "keep_alive_zero" if self.idle.seconds == 0 else "idle"
+        self.observer.unloaded(self.captioner.model_name, time.perf_counter() - began, reason)
         _log.info("unloaded %s after %s idle (keep-alive %s); the next request loads it again",
                   self.captioner.model_name, describe(round(idle, 1)), describe(self.idle.seconds))
 
@@ -118,7 +142,8 @@ class ResidentModel:
         the stream cancels the caption)."""
         sources: list[Any] = list(images)
         try:
-            tokens, selection = (call.budget.tokens, call.budget.selection) if call.budget else (None, None)
+            budget = call.work.budget
+            tokens, selection = (budget.tokens, budget.selection) if budget else (None, None)
             with closing(self.captioner.stream(sources, list(call.prompt), detail=call.detail,
                                                options=call.options, schema=call.structure, image_tokens=tokens,
                                                token_selection=selection)) as events:
@@ -147,15 +172,19 @@ class ResidentModel:
         report = on_event or (lambda event: None)
         began = time.perf_counter()
         report(Progress.measured(LOAD, 0, 1, 0.0))
-        previous = self.captioner
+        previous, was_idle, closing_began = self.captioner, self._unloaded, time.perf_counter()
         previous.close()
+        if not was_idle:
+            self.observer.unloaded(previous.model_name, time.perf_counter() - closing_began, "swap")
+        loading = time.perf_counter()
         try:
             loaded = previous.another(self.start_files if model == self.start_model else model)
         except LlavaEdgeError as err:
+            self.observer.load_failed(model)
             self._failed(model, err, previous)
             raise
-        was_idle = self._unloaded
         self._install(loaded)
+        self.observer.loaded(self.captioner.model_name, time.perf_counter() - loading, swap=not was_idle)
         self.last_load_error = None
         self.used(None)
         _log.info("%s %s in (%.1f s)", "loaded" if was_idle else f"swapped {previous.model_name} out and", model,
@@ -169,7 +198,9 @@ class ResidentModel:
         _log.warning("loading %s failed: %s; loading %s again", model, json.dumps(err.message[:300]),
                      previous.model_name)
         try:
+            began = time.perf_counter()
             self._install(previous.another(previous.files))
+            self.observer.loaded(previous.model_name, time.perf_counter() - began, swap=False)
             now = f"{previous.model_name} is still loaded"
         except LlavaEdgeError as again:
             _log.error("loading %s again failed too: %s", previous.model_name, json.dumps(again.message[:300]))
@@ -185,6 +216,13 @@ class ResidentModel:
             self._loaded_here.close()
 
     def _install(self, captioner: Captioner) -> None:
-        self.captioner = fetching_from(captioner, self.settings)
+        self.captioner = self._observed(fetching_from(captioner, self.settings))
         self._loaded_here = captioner
         self._unloaded = self._failed_load = False
+
+    def _observed(self, captioner: Captioner) -> Captioner:
+        """A view of ``captioner`` (the same loaded model) whose finished captions go to the observer; a copy, so the
+        caller's captioner (shared by several servers in one process) tells nobody."""
+        view = copy.copy(captioner)
+        view.on_result = lambda result: self.observer.captioned(result)
+        return view

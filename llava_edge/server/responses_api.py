@@ -28,12 +28,12 @@ from llava_edge.errors import InvalidRequestError, LlavaEdgeError, TaskNotFoundE
 from llava_edge.events import TextDelta
 from llava_edge.schema import DETAIL_LEVELS
 from llava_edge.server.bodies import read_json_object
-from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.chat import (
     answer_while_connected,
     authenticate_request,
     check_model,
     first_and_rest,
+    requested_work,
     stream_while_connected,
 )
 from llava_edge.server.conversation import (
@@ -44,7 +44,6 @@ from llava_edge.server.conversation import (
     quoted,
     role_of,
 )
-from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.openai_api import openai_error, openai_error_body
 from llava_edge.server.request_fields import RESPONSES, check_fields
 from llava_edge.server.resident_model import ChatCall
@@ -125,7 +124,7 @@ def _parse(body: dict[str, Any], service: TaskService, store: ResponseStore) -> 
     call = ChatCall(conversation_images(list(conversation)), prompt,
                     generation_options(body, RESPONSES_SAMPLERS, service.captioner.generation), detail,
                     model=requested.target, structure=responses_structure(text.get("format")),
-                    budget=requested_budget(body), keep_alive=requested_keep_alive(body))
+                    work=requested_work(body, requested))
     stream, store_it = body.get("stream", False), body.get("store", True)
     if not isinstance(stream, bool) or not isinstance(store_it, bool):
         raise InvalidRequestError("stream and store must be true or false.", code="invalid_type", parameter="stream")

@@ -34,7 +34,8 @@ class ServerSettings:
     """HTTP requests in progress plus open WebSocket sessions at most; more are answered 503. Idle sockets
     do not count (see ``head_timeout`` and ``max_sockets``)."""
     max_queue: int = 32
-    """Caption tasks waiting for the model; one more is answered ``serviceUnavailable``."""
+    """Caption jobs waiting for the model, per priority class (``work_options``); one more of a class is answered
+    ``serviceUnavailable``."""
     result_ttl: int = 3600
     """Seconds a finished result stays available to ``getResponse`` when the task sets no ``ttl``."""
     max_kept_results: int = 10_000

@@ -37,13 +37,14 @@ from llava_edge.server.delivery import Deliverer
 from llava_edge.server.image_intake import ImageIntake
 from llava_edge.server.job_queue import JobQueue
 from llava_edge.server.jobs import Job
-from llava_edge.server.keep_alive import requested_keep_alive
 from llava_edge.server.model_worker import ModelWorker
 from llava_edge.server.resident_model import ChatCall, ResidentModel
-from llava_edge.server.settings import AUTH_TASK_TYPE, ServerSettings
-from llava_edge.server.task_errors import failure, internal_error, require_task_uuid, shutdown_failure, unknown_task
+from llava_edge.server.session_tasks import ResponseLookup, authenticate, ping
+from llava_edge.server.settings import ServerSettings
+from llava_edge.server.task_errors import failure, internal_error, shutdown_failure, unknown_task
 from llava_edge.server.task_results import Outcome, TaskRegistry
 from llava_edge.server.uploads import UPLOAD_TASK_TYPE, ImageUploads
+from llava_edge.server.work_options import PRIORITIES, runware_work
 
 if TYPE_CHECKING:
     from llava_edge.api import Captioner
@@ -84,7 +85,7 @@ class TaskService:
         self._readers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], str], Awaitable[Outcome]]] = {
             "caption": self._caption, "imageCaption": self._caption, UPLOAD_TASK_TYPE: ImageUploads(self.resident),
-            "getResponse": self._get_response, "ping": self._ping,
+            "getResponse": ResponseLookup(self.registry), "ping": ping,
         }
 
     @property
@@ -149,14 +150,15 @@ class TaskService:
 
     def health(self) -> dict[str, Any]:
         live, kept = self.registry.counts()
-        with self._lock:
-            waiting = self._waiting()
+        depths = self.queue_depths()
+        waiting = sum(depths.values())
         status = ("degraded" if self.resident.failed else "ok") if self._worker.thread.is_alive() else "stopped"
         return {
             "status": "draining" if self._draining.is_set() and status == "ok" else status,
             "model": self.captioner.model_name,
             "loaded": self.resident.loaded,
             "queueDepth": waiting,
+            "queueDepths": depths,
             "queueLimit": self.settings.max_queue,
             "running": self._running is not None,
             "liveTasks": live,
@@ -166,10 +168,16 @@ class TaskService:
             "lastLoadError": self.resident.last_load_error,
         }
 
-    def _waiting(self) -> int:
-        """Admitted caption tasks not running yet (reading their image or queued), under the lock. The running job
-        counts off only while it is one of them: a drain completes it before the model is done with it."""
-        return len(self._jobs) - (self._running in self._jobs)
+    def queue_depths(self) -> dict[str, int]:
+        """Admitted jobs not running yet (reading their images or queued), by priority class."""
+        with self._lock:
+            return {priority: self._waiting(priority) for priority in PRIORITIES}
+
+    def _waiting(self, priority: str) -> int:
+        """Admitted jobs of a class not running yet, under the lock. The running job counts off only while it is
+        one of them (a drain completes it before the model is done with it); a parked one still waits."""
+        running = self._running
+        return sum(1 for job in self._jobs if job.priority == priority and job is not running)
 
     def _drain(self) -> None:
         """Wait until every admitted caption is done or the deadline passes; then fail the rest."""
@@ -192,16 +200,17 @@ class TaskService:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    async def run(self, raw: Any, *, base_url: str, client: str = "") -> Outcome:
+    async def run(self, raw: Any, *, base_url: str, client: str = "", background: bool = False) -> Outcome:
         """Answer one task (any type but authentication). ``base_url`` roots the ``imageURL`` of uploads;
-        ``client`` is whose it is (``read_policy.client_key``)."""
+        ``client`` is whose it is (``read_policy.client_key``); ``background``: the request's header asks for
+        background priority (``work_options``)."""
         task_type, task_uuid = task_identity(raw)
         try:
             handler = self._handlers.get(task_type or "")
             if not isinstance(raw, dict) or handler is None:
                 raise unknown_task(raw, task_type)
             if handler == self._caption:
-                return await self._caption(raw, base_url, client)
+                return await self._caption(raw, base_url, client, background)
             return await handler(raw, base_url)
         except LlavaEdgeError as err:
             err.task_type = err.task_type or task_type
@@ -212,30 +221,14 @@ class TaskService:
             return Outcome.failure(internal_error(task_type, task_uuid))
 
     def authenticate(self, raw: dict[str, Any], client: str) -> Outcome:
-        """Check an ``authentication`` task from ``client`` (an address); success answers a fresh
-        ``connectionSessionUUID``."""
-        try:
-            self.auth.verify(client, raw.get("apiKey"))
-        except LlavaEdgeError as err:
-            return Outcome.failure(err)
-        except Exception:
-            _log.exception("authentication task failed unexpectedly")
-            return Outcome.failure(internal_error(AUTH_TASK_TYPE, None))
-        return Outcome({"taskType": AUTH_TASK_TYPE, "connectionSessionUUID": str(uuid.uuid4())})
+        """Check an ``authentication`` task from ``client`` (an address) (``session_tasks.authenticate``)."""
+        return authenticate(self.auth, raw, client)
 
-    async def _ping(self, raw: dict[str, Any], base_url: str) -> Outcome:
-        return Outcome({"taskType": "ping", "pong": True})
-
-    async def _get_response(self, raw: dict[str, Any], base_url: str) -> Outcome:
-        task_uuid = require_task_uuid(raw)
-        outcome = self.registry.lookup(task_uuid)
-        if outcome is None:
-            return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": task_uuid, "status": "processing"})
-        return outcome.with_status()
-
-    async def _caption(self, raw: dict[str, Any], base_url: str, client: str = "") -> Outcome:
-        request, kept = parse_caption_request(raw), requested_keep_alive(raw, "keepAlive")
-        job = self._admit(Job(raw, request, model=task_model(request.model, self), client=client, keep_alive=kept))
+    async def _caption(self, raw: dict[str, Any], base_url: str, client: str = "",
+                       background: bool = False) -> Outcome:
+        request = parse_caption_request(raw)
+        model, work = runware_work(request, raw, background=background)
+        job = self._admit(Job(raw, request, model=task_model(model, self), client=client, work=work))
         self._start_reading(job, base_url)
         if request.delivery_method == "async":
             return Outcome({"taskType": RESPONSE_TASK_TYPE, "taskUUID": request.task_uuid})
@@ -296,11 +289,11 @@ class TaskService:
         if job.chat is None:
             self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
-            if self._draining.is_set() or self._waiting() >= self.settings.max_queue:
+            if self._draining.is_set() or self._waiting(job.priority) >= self.settings.max_queue:
                 refused = ServerBusyError(
                     "The server is shutting down; send the task again when it is back." if self._draining.is_set()
-                    else f"The server is busy: {self.settings.max_queue} caption tasks are already waiting. "
-                    "Retry in a few seconds."
+                    else f"The server is busy: {self.settings.max_queue} {job.priority} caption tasks are already "
+                    "waiting. Retry in a few seconds."
                 )
             else:
                 self._jobs.add(job)
@@ -333,7 +326,10 @@ class TaskService:
     # -- the model worker -----------------------------------------------------------------------
 
     def _run_job(self, job: Job) -> None:
-        """In the model thread: run one job the queue handed out, unless it was answered meanwhile."""
+        """In the model thread: run one job the queue handed out, unless it was answered meanwhile. An interactive
+        job may run while a background one is parked (``model_worker``): that one is the running job again after."""
+        with self._lock:
+            parked = self._running
         try:
             with self._lock:
                 skip = self._abandoned or job.completed.is_set()
@@ -345,7 +341,7 @@ class TaskService:
             self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
         finally:
             with self._lock:
-                self._running = None
+                self._running = parked
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

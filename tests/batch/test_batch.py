@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.images import ImageFactory
+from support.runtime_lock import model_free
 
 from llava_edge import Captioner, GenerationOptions, caption_many
 from llava_edge.batch.discovery import discover_images
@@ -289,7 +290,7 @@ def test_caption_many_passes_each_images_events_on_and_stops_part_way(
     first_image = [event for image, event in seen if image == str(paths[0])]
     assert isinstance(first_image[0], Progress) and any(isinstance(event, TextDelta) for event in first_image)
     assert {image for image, _ in seen} == {str(paths[0]), str(paths[1])}
-    assert not captioner.runtime._lock.locked()
+    assert model_free(captioner.runtime)
 
 
 def test_the_stage_of_the_image_in_hand_goes_beside_the_bar() -> None:

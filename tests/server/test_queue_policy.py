@@ -1,11 +1,12 @@
-"""The model queue's policy, as a pure function: resident model first, then arrival order, and a swap only once
-the resident model is no longer being asked for, or once a job has waited out the minimum residency."""
+"""The model queue's policy, as a pure function: interactive before background (which keeps a minimum share), then
+resident model first, then arrival order, and a swap only once the resident model is no longer being asked for, or
+once a job has waited out the minimum residency."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llava_edge.server.queue_policy import Residency, next_job, wait_before_swap
+from llava_edge.server.queue_policy import BACKGROUND_SHARE, Residency, next_job, wait_before_swap
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,7 @@ class Queued:
     name: str
     model: str
     arrived: float
+    priority: str = "interactive"
 
 
 RESIDENT = Residency("tiny", last_asked=100.0, min_residency=30.0)
@@ -70,3 +72,26 @@ def test_alternating_requests_swap_at_most_once_per_residency() -> None:
         waiting.append(Queued(f"again-{served}", job.model, now))  # the same client asks again at once
         now += 0.5
     assert served > 100 and swaps <= 5
+
+
+def test_interactive_jobs_go_before_older_background_ones() -> None:
+    batch = Queued("batch", "tiny", 101.0, "background")
+    person = Queued("person", "tiny", 105.0)
+
+    assert next_job([batch, person], RESIDENT, now=106.0) == person
+    assert next_job([batch], RESIDENT, now=106.0) == batch
+
+
+def test_background_work_gets_its_share_after_a_run_of_interactive_jobs() -> None:
+    batch = Queued("batch", "tiny", 101.0, "background")
+    person = Queued("person", "tiny", 105.0)
+
+    assert next_job([batch, person], RESIDENT, now=106.0, streak=BACKGROUND_SHARE - 1) == person
+    assert next_job([batch, person], RESIDENT, now=106.0, streak=BACKGROUND_SHARE) == batch
+
+
+def test_a_resident_background_job_runs_while_an_interactive_swap_waits_its_turn() -> None:
+    swap = Queued("swap", "small", 110.0)
+    batch = Queued("batch", "tiny", 101.0, "background")
+
+    assert next_job([swap, batch], RESIDENT, now=111.0) == batch

@@ -206,8 +206,9 @@ def llava_edge_server(model: str, port: int, *, cache: str) -> Server:
 def llama_server(binary: str, model: Path, mmproj: Path, port: int, *, threads: int, slots: int = 2,
                  slot_ctx: int = 4096) -> Server:
     """``llama-server -np slots`` on the same GGUF pair: ``slot_ctx`` tokens per slot, flash attention on,
-    the llama2 (``[INST]``) chat template (the synthetic GGUFs embed none), ``threads`` for both phases."""
+    the built-in llama2 (``[INST]``) chat template (the synthetic GGUFs embed none; through jinja that template
+    drops the image marker, so ``--no-jinja``), ``threads`` for both phases."""
     command = [binary, "-m", str(model), "--mmproj", str(mmproj), "--host", "127.0.0.1", "--port", str(port),
                "-np", str(slots), "-c", str(slots * slot_ctx), "-fa", "on", "-t", str(threads), "-tb", str(threads),
-               "--chat-template", "llama2", "--no-webui"]
+               "--chat-template", "llama2", "--no-jinja", "--no-webui"]
     return Server(command, port, "/health")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import sys
@@ -231,7 +232,9 @@ def markdown(report: dict[str, Any]) -> str:
     s, machine = report["summary"], report["machine"]
     lines = [f"# Scheduling: interactive follow-ups beside background captions ({report['model']})", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram_total_gib']} GiB RAM; "
-             f"{machine['os']}; llava-edge {report['llava_edge_commit']}; medians of {report['runs']} runs.", "",
+             f"{machine['os']}; llava-edge {report['llava_edge_commit']}; medians of {report['runs']} runs; "
+             f"1-minute load average {report['loadavg_start']:.1f} at the start, {report['loadavg_end']:.1f} at the "
+             "end (other processes share the cores: above ~1 the figures are slowed).", "",
              "## (a) Follow-up time to first token while a background caption is in its image prefill", "",
              "| server | TTFT s | quiet TTFT s | wait s | sent after s | caption s |", "|---|---|---|---|---|---|"]
     for name, row in s["followup"].items():
@@ -288,10 +291,15 @@ def main() -> None:
     report: dict[str, Any] = {"what": __doc__.splitlines()[0], "model": args.model, "runs": args.runs,
                               "captions": args.captions, "followups": args.followups, "max_tokens": args.max_tokens,
                               "followup_tokens": args.followup_tokens, "llava_edge_commit": commit(),
-                              "machine": describe_machine(bandwidth=False), "followup": {}}
+                              "machine": describe_machine(bandwidth=False), "followup": {},
+                              "loadavg_start": os.getloadavg()[0]}
     run_llava_edge(args, report)
     if args.llama_server:
-        run_llama_server(args, report, files)
+        try:
+            run_llama_server(args, report, files)
+        except RuntimeError as err:  # keep what llava-edge measured
+            report["llama_server_error"] = str(err)[-2000:]
+    report["loadavg_end"] = os.getloadavg()[0]
     report["summary"] = summary(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -75,6 +75,13 @@ class JobQueue:
     def _between(self) -> list[Job]:
         return [job for job in self._jobs if job.priority == INTERACTIVE and job.model == self._residency.model]
 
+    def unloaded(self) -> None:
+        """The resident model was unloaded when idle: nobody is asking for it, so a job for another model need not
+        wait out the minimum residency."""
+        with self._ready:
+            self._residency = Residency(self._residency.model, float("-inf"), self._residency.min_residency)
+            self._ready.notify()
+
     def loaded(self, model: str) -> None:
         """``model`` is resident now (a swap loaded it for a job: that counts as asking for it)."""
         with self._ready:

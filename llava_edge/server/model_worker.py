@@ -59,6 +59,7 @@ class ModelWorker:
         """Unload the resident model when its keep-alive has expired and no admitted job wants it."""
         if self.resident.loaded and self.resident.idle.expired() and not self._wanted():
             self.resident.unload_idle()
+            self.queue.unloaded()
 
     def caption(self, job: Job) -> Outcome:
         """Run ``job`` on its model (swapped in first when another is resident); its outcome, never raising for

@@ -212,13 +212,20 @@ async def stream_while_connected(request: Request, service: TaskService,
     streamed = replace(prioritised(call, request), on_event=forward)
     answer = asyncio.ensure_future(service.chat(streamed, base_url=str(request.base_url),
                                                 client=request_client(request)))
-    answer.add_done_callback(lambda done: events.put_nowait(done.result()))
+    answer.add_done_callback(lambda done: events.put_nowait(_outcome_of(done)))
     try:
         while not isinstance(item := await events.get(), Outcome):
             yield item
         yield item
     finally:
         service.cancel_chat(streamed)
+
+
+def _outcome_of(done: asyncio.Future[Outcome]) -> Outcome:
+    """A chat call's outcome, whatever became of it (the stream must end either way)."""
+    if done.cancelled() or done.exception() is not None:
+        return Outcome.failure(LlavaEdgeError("The caption failed unexpectedly; send it again."))
+    return done.result()
 
 
 def prioritised(call: ChatCall, request: Request) -> ChatCall:

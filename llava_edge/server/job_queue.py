@@ -50,6 +50,11 @@ class JobQueue:
                     return None
                 self._ready.wait(pause)
 
+    def background_served(self) -> None:
+        """A background job ended: whatever share it was owed, it had (even one that failed before a step)."""
+        with self._ready:
+            self._streak = 0
+
     def wanted_between(self, stepped: bool) -> bool:
         """Asked before each step of a running background job (``stepped``: it has taken one since it started or
         was last asked, which serves background work's share): True when an interactive job for the resident

@@ -203,9 +203,13 @@ class TaskService:
         with self._lock:
             self._abandoned = True
             running = self._running
-            leftovers = list(self._jobs)
+            leftovers, started = list(self._jobs), (self._running, self._parked)
         self._worker.stopping.set()
-        failed = sum(self._complete(job, shutdown_failure(job.request, started=job is running)) for job in leftovers)
+        failed = sum(self._complete(job, shutdown_failure(job.request, started=job in started)) for job in leftovers)
+        for job in leftovers:  # answered: whatever runs or is set aside stops at its next step
+            job.abandoned.set()
+            if job.chat is not None:
+                job.chat.cancelled.set()
         if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
             self.captioner.runtime.cancel()
         if failed:

@@ -78,13 +78,17 @@ class PrefixCache:
             self._entries.clear()
             self._bytes = 0
 
-    def reserve(self, size: int) -> bool:
-        """Set ``size`` bytes of the budget aside (a parked caption's state), evicting entries to make room;
-        False, with nothing changed, when the budget is smaller than ``size``. ``release`` gives it back."""
+    def reserve(self, size: int, evict_first: str | None = None) -> bool:
+        """Set ``size`` bytes of the budget aside (a parked caption's state), evicting entries to make room
+        (``evict_first`` before the least recently used); False, with nothing changed, when the budget is smaller
+        than ``size``. ``release`` gives it back."""
         with self._lock:
             if size > self.max_bytes - self._reserved:
                 return False
             self._reserved += size
+            over = self._bytes + self._reserved > self.max_bytes
+            if over and evict_first is not None and evict_first in self._entries:
+                self._bytes -= len(self._entries.pop(evict_first).data)
             self._evict()
             return True
 

@@ -87,6 +87,27 @@ def serve(captioner: Captioner) -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture
+def own_model() -> Iterator[Callable[..., LiveServer]]:
+    """``own_model(**ServerSettings fields)``: a server on a captioner of its own (an unload closes it: never the
+    session's)."""
+    from llava_edge.server.settings import ServerSettings
+
+    build_synthetic_pair("tiny")
+    started: list[tuple[LiveServer, Captioner]] = []
+
+    def start(**settings: Any) -> LiveServer:
+        captioner = Captioner("synthetic-tiny", generation=GenerationOptions(max_tokens=4, temperature=0.0))
+        started.append((LiveServer(captioner, ServerSettings(**settings)), captioner))
+        return started[-1][0]
+
+    yield start
+    for server, captioner in started:
+        server.stop()
+        server.service.resident.close()
+        captioner.close()
+
+
+@pytest.fixture
 def loopback_http() -> Iterator[LoopbackHTTP]:
     """A recording HTTP endpoint on 127.0.0.1 (webhook receiver, upload target, slow image host)."""
     endpoint = LoopbackHTTP()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import llama_cpp
 import pytest
 from PIL import Image
 
 from llava_edge import GenerationOptions, RuntimeOptions
-from llava_edge.errors import CaptionCancelledError
+from llava_edge.errors import CaptionCancelledError, RuntimeBackendError
 from llava_edge.generation import Generation
 from llava_edge.models.catalog import ModelFiles
+from llava_edge.prefix_cache import PrefixCache, PrefixState
+from llava_edge.runtime import parking
 from llava_edge.runtime.engine import LlavaRuntime
 from llava_edge.token_budget import TokenBudget
 
@@ -95,3 +98,48 @@ def test_without_room_in_the_prefix_cache_budget_a_caption_does_not_step_aside(t
         with runtime.interleaving(other):
             runtime.generate(picture((3, 3, 3)), "Describe it.", OPTIONS)
     assert other.asked > 10 and other.answers == []
+
+
+def test_a_state_that_cannot_be_put_back_fails_that_caption_and_leaves_no_stale_prefix(
+    tiny_files: ModelFiles, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama.cpp refusing the parked state clears the context: the next caption of the same image must not
+    believe its prefix is still there."""
+    real_restore = parking.restore
+
+    def refused(context: object, state: object) -> bool:
+        real_restore(context, state)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
+        return False
+
+    with LlavaRuntime(tiny_files, SMALL_BATCHES) as runtime, LlavaRuntime(tiny_files) as alone:
+        monkeypatch.setattr(parking, "restore", refused)
+        with runtime.interleaving(OtherWork(runtime, at=12)), pytest.raises(RuntimeBackendError):
+            runtime.generate(picture((60, 60, 60)), "Describe it.", OPTIONS)
+        monkeypatch.setattr(parking, "restore", real_restore)
+        again = runtime.generate(picture((60, 60, 60)), "Describe it again.", OPTIONS)
+        assert again.text == alone.generate(picture((60, 60, 60)), "Describe it again.", OPTIONS).text
+        assert runtime.prefix_cache._reserved == 0
+
+
+def test_a_failed_snapshot_gives_its_reserved_bytes_back(
+    tiny_files: ModelFiles, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_memory(context: object, n_past: int) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(parking, "snapshot", no_memory)
+    with LlavaRuntime(tiny_files, SMALL_BATCHES) as runtime:
+        with runtime.interleaving(OtherWork(runtime, at=3)), pytest.raises(MemoryError):
+            runtime.generate(picture((9, 9, 9)), "Describe it.", OPTIONS)
+        assert runtime.prefix_cache._reserved == 0
+
+
+def test_room_for_a_parked_state_is_made_from_the_caption_s_own_prefix_first() -> None:
+    cache = PrefixCache(300)
+    for key in ("oldest", "own", "newest"):
+        cache.put(key, PrefixState(1, bytearray(100)))
+    assert cache.reserve(100, evict_first="own")
+    assert cache.get("own") is None and cache.get("oldest") is not None and cache.get("newest") is not None
+    cache.release(100)
+    assert not cache.reserve(301)

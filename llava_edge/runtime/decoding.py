@@ -115,8 +115,8 @@ class Decoder:
         timings = Timings(
             **self.stages,
             first_token_s=first - self.started,
-            decode_s=finished - first,
-            total_s=finished - self.started,
+            decode_s=finished - first - self.parked_s,
+            total_s=finished - self.started - self.parked_s,
             image_tokens=image_tokens(self.layout),
             prompt_tokens=prompt_tokens(self.layout),
             generated_tokens=len(pieces),

@@ -100,6 +100,8 @@ class LlavaRuntime:
         self._text_resident: tuple[int, ...] | None = None
         """The tokens of the text-only prompt now in the context, from the last call."""
         self._identity = identity(files, self.options)
+        self._parked_s = 0.0
+        """Seconds the caption in progress spent parked before its decoding (``interleaving``)."""
 
     @property
     def n_ctx(self) -> int:
@@ -124,15 +126,20 @@ class LlavaRuntime:
         return self._parking.allowed(turn)
 
     def _make_way(self) -> float:
-        """Before a step: let waiting work run (``interleaving``); the seconds it took."""
-        return self._parking.make_way(self._ctx, self._marks, self._resume)
+        """Before a step: let waiting work run (``interleaving``); the seconds it took, also added to the
+        caption's ``_parked_s`` (not its own time: its timings leave it out)."""
+        parked_before, own = self._parked_s, self._resident[0] if self._resident else None
+        seconds = self._parking.make_way(self._ctx, self._marks, self._resume, own)
+        self._parked_s = parked_before + seconds
+        return seconds
 
     def _marks(self) -> tuple[tuple[str, int] | None, tuple[int, ...] | None]:
         return self._resident, self._text_resident
 
-    def _resume(self, marks: tuple[tuple[str, int] | None, tuple[int, ...] | None]) -> None:
-        """After parked work: the caption's own marks back, and a cancel of that work forgotten."""
-        self._resident, self._text_resident = marks
+    def _resume(self, marks: tuple[tuple[str, int] | None, tuple[int, ...] | None] | None) -> None:
+        """After parked work: the caption's own marks back (none when its context was lost), and a cancel of
+        that work forgotten."""
+        self._resident, self._text_resident = marks or (None, None)
         self._cancelled.clear()
         llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
 
@@ -244,7 +251,7 @@ class LlavaRuntime:
             raise_if_interrupted()
             self._raise_if_cancelled()
             decoder = Decoder(
-                self._ctx, self._vocab, options, started=started, stages=stages, layout=layout,
+                self._ctx, self._vocab, options, started=started + self._parked_s, stages=stages, layout=layout,
                 raise_if_cancelled=self._raise_if_cancelled, make_way=self._step_hook(),
             )
             for event in decoder.events():
@@ -289,6 +296,7 @@ class LlavaRuntime:
             raise RuntimeBackendError("This model was closed; load it again to caption.")
         self._cancelled.clear()
         llama_cpp.llama_set_abort_callback(self._ctx, NO_ABORT, None)
+        self._parked_s = 0.0
 
     def _resolved(self, options: GenerationOptions, layout: list[PromptChunk]) -> GenerationOptions:
         """``options`` with the context-relative values made absolute: ``UNTIL_CONTEXT_FULL`` tokens and a

@@ -66,10 +66,13 @@ class Parking:
         finally:
             self._turn = None
 
-    def make_way(self, context: Any, marks: Callable[[], Marks], put_back: Callable[[Marks], None]) -> float:
+    def make_way(self, context: Any, marks: Callable[[], Marks], put_back: Callable[[Marks | None], None],
+                 own_prefix: str | None = None) -> float:
         """Before a step of the caption in ``context``: park it and run ``turn`` when it is wanted and its state
         fits the budget. ``marks`` reads what the runtime knows of the context (its resident prefix), and
-        ``put_back`` restores it and readies the context for the caption again. The seconds spent parked.
+        ``put_back`` restores it (None: the context was lost, it knows nothing) and readies the context for the
+        caption again. ``own_prefix``: the caption's own cached prefix, evicted first to make room (its parked
+        state holds it anyway), so the prefixes other work may need stay. The seconds spent parked.
 
         Raises:
             RuntimeBackendError: the state could not be put back (the caption cannot go on).
@@ -79,9 +82,18 @@ class Parking:
         if turn is None or not turn.wanted():
             return 0.0
         size = int(llama_cpp.llama_state_seq_get_size(context, 0))
-        if not self._cache.reserve(size):
+        if not self._cache.reserve(size, evict_first=own_prefix):
             return 0.0
-        began = time.perf_counter()
+        try:
+            began = time.perf_counter()
+            self._park_and_run(turn, context, marks, put_back)
+            _log.debug("a caption stepped aside for %.2f s (%d bytes parked)", time.perf_counter() - began, size)
+            return time.perf_counter() - began
+        finally:
+            self._cache.release(size)
+
+    def _park_and_run(self, turn: Interleave, context: Any, marks: Callable[[], Marks],
+                      put_back: Callable[[Marks | None], None]) -> None:
         saved = marks()
         n_past = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(context), 0)) + 1
         parked = snapshot(context, n_past) if n_past else None  # before its first step: nothing to keep
@@ -92,13 +104,9 @@ class Parking:
             self._turn = turn
             restored = _put_back(context, parked)
             del parked
-            self._cache.release(size)
-            put_back(saved)
+            put_back(saved if restored else None)  # a lost context holds no prefix anyone may reuse
             if not restored:
                 raise RuntimeBackendError("The parked caption's state could not be put back; send it again.")
-        _log.debug("a caption stepped aside for %.2f s (%d positions, %d bytes parked)",
-                   time.perf_counter() - began, n_past, size)
-        return time.perf_counter() - began
 
 
 def _put_back(context: Any, parked: PrefixState | None) -> bool:

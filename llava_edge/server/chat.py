@@ -198,12 +198,34 @@ async def answer_while_connected(request: Request, service: TaskService, call: C
     return await answer
 
 
-def stream_while_connected(request: Request, service: TaskService,
-                           call: ChatCall) -> AsyncIterator[Progress | TextDelta | Outcome]:
-    """``service.chat_stream(call)`` for this request's client: leaving the stream (the client disconnected)
-    cancels the call."""
-    return service.chat_stream(prioritised(call, request), base_url=str(request.base_url),
-                               client=request_client(request))
+async def stream_while_connected(request: Request, service: TaskService,
+                                 call: ChatCall) -> AsyncIterator[Progress | TextDelta | Outcome]:
+    """``service.chat(call)`` for this request's client as it happens: progress events and text deltas (sent
+    from the model thread), then the outcome. Leaving the iteration early (the client disconnected) cancels the
+    caption at its next step."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Progress | TextDelta | Outcome] = asyncio.Queue()
+
+    def forward(event: Progress | TextDelta) -> None:  # from the model thread
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    streamed = replace(prioritised(call, request), on_event=forward)
+    answer = asyncio.ensure_future(service.chat(streamed, base_url=str(request.base_url),
+                                                client=request_client(request)))
+    answer.add_done_callback(lambda done: events.put_nowait(_outcome_of(done)))
+    try:
+        while not isinstance(item := await events.get(), Outcome):
+            yield item
+        yield item
+    finally:
+        service.cancel_chat(streamed)
+
+
+def _outcome_of(done: asyncio.Future[Outcome]) -> Outcome:
+    """A chat call's outcome, whatever became of it (the stream must end either way)."""
+    if done.cancelled() or done.exception() is not None:
+        return Outcome.failure(LlavaEdgeError("The caption failed unexpectedly; send it again."))
+    return done.result()
 
 
 def prioritised(call: ChatCall, request: Request) -> ChatCall:

@@ -50,6 +50,11 @@ class JobQueue:
                     return None
                 self._ready.wait(pause)
 
+    def background_served(self) -> None:
+        """A background job ended: whatever share it was owed, it had (even one that failed before a step)."""
+        with self._ready:
+            self._streak = 0
+
     def wanted_between(self, stepped: bool) -> bool:
         """Asked before each step of a running background job (``stepped``: it has taken one since it started or
         was last asked, which serves background work's share): True when an interactive job for the resident
@@ -74,6 +79,13 @@ class JobQueue:
 
     def _between(self) -> list[Job]:
         return [job for job in self._jobs if job.priority == INTERACTIVE and job.model == self._residency.model]
+
+    def unloaded(self) -> None:
+        """The resident model was unloaded when idle: nobody is asking for it, so a job for another model need not
+        wait out the minimum residency."""
+        with self._ready:
+            self._residency = Residency(self._residency.model, float("-inf"), self._residency.min_residency)
+            self._ready.notify()
 
     def loaded(self, model: str) -> None:
         """``model`` is resident now (a swap loaded it for a job: that counts as asking for it)."""

@@ -4,6 +4,7 @@ call, its client, the model that must answer it, its images once read, and its c
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ class Job:
     work: WorkOptions = field(default_factory=WorkOptions)
     """Its budget, keep-alive and priority class (a chat call's own, see ``__post_init__``)."""
     arrived: float = 0.0
+    admitted: float = field(default_factory=time.monotonic)
+    """When it was admitted (``queue_places``: the newest job of a client holding too many places gives its up)."""
     """When it entered the model queue (``time.monotonic``)."""
     completed: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)

@@ -59,12 +59,13 @@ class ModelWorker:
         """Unload the resident model when its keep-alive has expired and no admitted job wants it."""
         if self.resident.loaded and self.resident.idle.expired() and not self._wanted():
             self.resident.unload_idle()
+            self.queue.unloaded()
 
     def caption(self, job: Job) -> Outcome:
         """Run ``job`` on its model (swapped in first when another is resident); its outcome, never raising for
         a bad job."""
         if job.load_only and job.keep_alive == 0:  # an unload request: the loop unloads once no job wants it
-            self.resident.used(0.0)
+            self.resident.used(0.0, job.admitted)
             return Outcome({})
         try:
             if self.resident.ensure(job.model, job.chat.on_event if job.chat is not None else None):
@@ -77,7 +78,9 @@ class ModelWorker:
             with self._interleaving(job):
                 return self._run(job)
         finally:
-            self.resident.used(job.keep_alive)
+            self.resident.used(job.keep_alive, job.admitted)
+            if job.priority != INTERACTIVE:
+                self.queue.background_served()
 
     def _interleaving(self, job: Job) -> AbstractContextManager[None]:
         """For a background job: interactive jobs may run between two of its steps."""
@@ -117,5 +120,6 @@ class _Between:
         when its client left meanwhile."""
         while (job := self.queue.take_between()) is not None:
             self.handle(job)
-        if self.parked.completed.is_set() or self.parked.abandoned.is_set():
+        chat = self.parked.chat
+        if self.parked.completed.is_set() or self.parked.abandoned.is_set() or (chat and chat.cancelled.is_set()):
             raise CaptionCancelledError("The caption was stopped while it was set aside: its client left.")

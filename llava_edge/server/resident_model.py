@@ -106,6 +106,8 @@ class ResidentModel:
         self._failed_load = False
         """The model is out because a load failed (``/health`` says degraded), not because it was idle."""
         self.idle = IdleClock(settings.keep_alive)
+        self._timer_asked_at = float("-inf")
+        """When the request that last set the keep-alive was admitted (``used``)."""
         """When the model's keep-alive expires (``keep_alive``): set after each answer."""
 
     @property
@@ -118,9 +120,15 @@ class ResidentModel:
         """True while a failed swap left no model in memory (``/health``: degraded)."""
         return self._unloaded and self._failed_load
 
-    def used(self, keep_alive: float | None) -> None:
+    def used(self, keep_alive: float | None, asked_at: float | None = None) -> None:
         """An answer (or a load-only request) just used the model: its keep-alive restarts, for the request's
-        ``keep_alive`` or the server's default, capped by ``--max-keep-alive``."""
+        ``keep_alive`` or the server's default, capped by ``--max-keep-alive``. ``asked_at`` (when the request was
+        admitted): the latest request's wins, as in Ollama, even when an earlier one ends after it (a background
+        caption that stepped aside for it)."""
+        if asked_at is not None:
+            if asked_at < self._timer_asked_at:
+                return
+            self._timer_asked_at = asked_at
         self.idle.restart(timer_for(keep_alive, self.settings.keep_alive, self.settings.max_keep_alive))
 
     def unload_idle(self) -> None:

@@ -23,13 +23,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import InvalidStateError
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from llava_edge.errors import CaptionCancelledError, LlavaEdgeError, ServerBusyError
-from llava_edge.events import Progress, TextDelta
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
 from llava_edge.server.chat import refuse_unpinned, task_model
@@ -38,6 +36,7 @@ from llava_edge.server.image_intake import ImageIntake
 from llava_edge.server.job_queue import JobQueue
 from llava_edge.server.jobs import Job
 from llava_edge.server.model_worker import ModelWorker
+from llava_edge.server.queue_places import Place, place_for
 from llava_edge.server.resident_model import ChatCall, ResidentModel
 from llava_edge.server.session_tasks import ResponseLookup, authenticate, ping
 from llava_edge.server.settings import ServerSettings
@@ -77,6 +76,8 @@ class TaskService:
         self._lock = threading.Lock()
         """Guards the job in hand, the drain deadline and each job's completion."""
         self._running: Job | None = None
+        self._parked: Job | None = None
+        """A background job set aside while ``_running`` runs in its place."""
         self._deadline = float("inf")
         self._abandoned = False
         self._drainer: threading.Thread | None = None
@@ -174,10 +175,23 @@ class TaskService:
             return {priority: self._waiting(priority) for priority in PRIORITIES}
 
     def _waiting(self, priority: str) -> int:
-        """Admitted jobs of a class not running yet, under the lock. The running job counts off only while it is
-        one of them (a drain completes it before the model is done with it); a parked one still waits."""
-        running = self._running
-        return sum(1 for job in self._jobs if job.priority == priority and job is not running)
+        return len(self._waiting_jobs(priority))
+
+    def _waiting_jobs(self, priority: str) -> list[Job]:
+        """Admitted jobs of a class not started yet, under the lock. The running (or parked) job counts off only
+        while it is one of them: a drain completes it before the model is done with it."""
+        started = (self._running, self._parked)
+        return [job for job in self._jobs if job.priority == priority and job not in started]
+
+    def _push_out(self, job: Job) -> None:
+        """``job`` gives up its place to another client's (``queue_places``): answered busy, never run."""
+        self._queue.remove(job)
+        busy = ServerBusyError("The server is busy: another client needed a place in the queue. Retry in a few "
+                               "seconds.")
+        if self._complete(job, failure(busy, job.request)):
+            with self._lock:
+                if self._running is job:  # the model took it a moment ago: stop it at its next step
+                    self.captioner.runtime.cancel()
 
     def _drain(self) -> None:
         """Wait until every admitted caption is done or the deadline passes; then fail the rest."""
@@ -189,9 +203,13 @@ class TaskService:
         with self._lock:
             self._abandoned = True
             running = self._running
-            leftovers = list(self._jobs)
+            leftovers, started = list(self._jobs), (self._running, self._parked)
         self._worker.stopping.set()
-        failed = sum(self._complete(job, shutdown_failure(job.request, started=job is running)) for job in leftovers)
+        failed = sum(self._complete(job, shutdown_failure(job.request, started=job in started)) for job in leftovers)
+        for job in leftovers:  # answered: whatever runs or is set aside stops at its next step
+            job.abandoned.set()
+            if job.chat is not None:
+                job.chat.cancelled.set()
         if running is not None:  # its task has its outcome: now llama.cpp may drop the rest of the caption
             self.captioner.runtime.cancel()
         if failed:
@@ -247,26 +265,6 @@ class TaskService:
         self._start_reading(job, base_url)
         return await asyncio.shield(asyncio.wrap_future(job.future))
 
-    async def chat_stream(self, call: ChatCall, *, base_url: str,
-                          client: str = "") -> AsyncIterator[Progress | TextDelta | Outcome]:
-        """``chat`` as it happens: progress events and text deltas, then the outcome. Leaving the iteration
-        early (the client disconnected) cancels the caption at its next step."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Progress | TextDelta | Outcome] = asyncio.Queue()
-
-        def forward(event: Progress | TextDelta) -> None:  # from the model thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        streamed = replace(call, on_event=forward)
-        answer = asyncio.ensure_future(self.chat(streamed, base_url=base_url, client=client))
-        answer.add_done_callback(lambda done: events.put_nowait(done.result()))
-        try:
-            while not isinstance(item := await events.get(), Outcome):
-                yield item
-            yield item
-        finally:
-            self.cancel_chat(streamed)
-
     def cancel_chat(self, call: ChatCall) -> None:
         """Nobody waits for this chat call's answer any more (its client left): a caption under way stops at its
         next step (a llama.cpp batch under way included); one not running yet is answered cancelled at once."""
@@ -289,15 +287,18 @@ class TaskService:
         if job.chat is None:
             self.registry.begin(request.task_uuid, ttl, task_type=request.task_type)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
-            if self._draining.is_set() or self._waiting(job.priority) >= self.settings.max_queue:
-                refused = ServerBusyError(
-                    "The server is shutting down; send the task again when it is back." if self._draining.is_set()
-                    else f"The server is busy: {self.settings.max_queue} {job.priority} caption tasks are already "
-                    "waiting. Retry in a few seconds."
-                )
-            else:
+            place = Place[Job](False) if self._draining.is_set() else place_for(
+                self._waiting_jobs(job.priority), job.client, self.settings.max_queue)
+            if place.admitted:
                 self._jobs.add(job)
-                return job
+        if place.admitted:
+            if place.pushed_out is not None:
+                self._push_out(place.pushed_out)
+            return job
+        refused = ServerBusyError(
+            "The server is shutting down; send the task again when it is back." if self._draining.is_set()
+            else f"The server is busy: {self.settings.max_queue} {job.priority} caption tasks are already waiting. "
+            "Retry in a few seconds.")
         if job.chat is None:
             self.registry.discard(request.task_uuid)
         raise refused
@@ -329,11 +330,11 @@ class TaskService:
         """In the model thread: run one job the queue handed out, unless it was answered meanwhile. An interactive
         job may run while a background one is parked (``model_worker``): that one is the running job again after."""
         with self._lock:
-            parked = self._running
+            parked = self._running  # a background job this one runs in the place of (``model_worker``)
         try:
             with self._lock:
                 skip = self._abandoned or job.completed.is_set()
-                self._running = None if skip else job
+                self._running, self._parked = (None if skip else job), parked
             if not skip:
                 self._complete(job, self._worker.caption(job))
         except Exception:
@@ -341,7 +342,7 @@ class TaskService:
             self._complete(job, Outcome.failure(internal_error(job.request.task_type, job.request.task_uuid)))
         finally:
             with self._lock:
-                self._running = parked
+                self._running, self._parked = parked, None
 
     def abandon(self, task_uuid: str) -> None:
         """Nobody waits for this sync task any more (its WebSocket closed): stop it. A queued task is failed

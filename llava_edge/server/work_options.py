@@ -18,7 +18,7 @@ from typing import Any
 
 from llava_edge.schema import CaptionRequest
 from llava_edge.server.keep_alive import requested_keep_alive
-from llava_edge.token_budget import TokenBudget
+from llava_edge.token_budget import TokenBudget, token_budget
 
 INTERACTIVE = "interactive"
 BACKGROUND = "background"
@@ -61,10 +61,12 @@ def priority_of(*background: bool) -> str:
 
 
 def runware_work(request: CaptionRequest, raw: Mapping[str, Any], *, background: bool) -> tuple[str, WorkOptions]:
-    """A Runware caption task's model name (without a ``:background`` suffix) and its work options: background
+    """A Runware caption task's model name (without a ``:background`` suffix) and its work options (its
+    ``imageTokens`` budget, ``keepAlive``, and its priority class): background
     when delivered ``async`` or to a webhook or upload endpoint, for a suffixed model, or when ``background``
     (the request's header) says so."""
     model, suffixed = split_background(request.model)
     delivered = request.delivery_method == "async" or bool(request.webhook_url or request.upload_endpoint)
-    return model, WorkOptions(keep_alive=requested_keep_alive(raw, "keepAlive"),
+    return model, WorkOptions(budget=token_budget(request.image_tokens, request.token_selection),
+                              keep_alive=requested_keep_alive(raw, "keepAlive"),
                               priority=priority_of(delivered, suffixed, background))

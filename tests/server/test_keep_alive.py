@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,30 +16,14 @@ import pytest
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, LoopbackHTTP, caption_task, post, wait_until
 
-from llava_edge import Captioner, GenerationOptions
-from llava_edge.models.synthetic import build_synthetic_pair
-from llava_edge.server.settings import ServerSettings
-
 IMAGE = base64.b64encode(encode_image(40, 30)).decode()
 OPTIONS = {"num_predict": 4, "temperature": 0}
 
 
 @pytest.fixture
-def start() -> Iterator[Callable[..., LiveServer]]:
+def start(own_model: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
     """``start(**ServerSettings fields)``: a server on a captioner of its own."""
-    build_synthetic_pair("tiny")
-    started: list[tuple[LiveServer, Captioner]] = []
-
-    def start(**settings: Any) -> LiveServer:
-        captioner = Captioner("synthetic-tiny", generation=GenerationOptions(max_tokens=4, temperature=0.0))
-        started.append((LiveServer(captioner, ServerSettings(**settings)), captioner))
-        return started[-1][0]
-
-    yield start
-    for server, captioner in started:
-        server.stop()
-        server.service.resident.close()
-        captioner.close()
+    return own_model
 
 
 def generate(server: LiveServer, **fields: Any) -> httpx.Response:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,10 +17,8 @@ from support.images import data_uri, encode_image
 from support.servers import LiveServer, ModelHold, caption_task, post, wait_until
 from websockets.sync.client import connect
 
-from llava_edge import Captioner, GenerationOptions
 from llava_edge.models.synthetic import build_synthetic_pair
 from llava_edge.runtime.quantize import quantize_gguf
-from llava_edge.server.settings import ServerSettings
 
 KEY = "metrics-test-key-0123456789"
 IMAGE = base64.b64encode(encode_image(40, 30)).decode()
@@ -55,25 +53,6 @@ def chat_completion(server: LiveServer, model: str = "llava") -> httpx.Response:
     body = {"model": model, "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe."}, image]}]}
     return httpx.post(f"{server.http}/v1/chat/completions", json=body, timeout=60)
-
-
-@pytest.fixture
-def own_model() -> Iterator[Callable[..., LiveServer]]:
-    """``own_model(**ServerSettings fields)``: a server on a captioner of its own (an unload closes it: never the
-    session's)."""
-    build_synthetic_pair("tiny")
-    started: list[tuple[LiveServer, Captioner]] = []
-
-    def start(**settings: Any) -> LiveServer:
-        captioner = Captioner("synthetic-tiny", generation=GenerationOptions(max_tokens=4, temperature=0.0))
-        started.append((LiveServer(captioner, ServerSettings(**settings)), captioner))
-        return started[-1][0]
-
-    yield start
-    for server, captioner in started:
-        server.stop()
-        server.service.resident.close()
-        captioner.close()
 
 
 def test_requests_are_counted_by_route_template_api_and_status(serve: Callable[..., LiveServer]) -> None:
@@ -238,8 +217,9 @@ def test_queue_depth_is_read_at_scrape_time_by_priority_class(serve: Callable[..
     assert post(server, tasks).status_code == 200
     wait_until(lambda: server.service.health()["running"] and server.service.health()["queueDepth"] == 2)
 
-    depth = value(scrape(server), "llava_edge_queue_depth", priority="interactive")
+    samples = scrape(server)
+    depths = [value(samples, "llava_edge_queue_depth", priority=priority) for priority in ("interactive", "background")]
 
     hold.release()
-    assert depth == 2
-    wait_until(lambda: value(scrape(server), "llava_edge_queue_depth", priority="interactive") == 0)
+    assert depths == [0, 2]  # async tasks are background work
+    wait_until(lambda: value(scrape(server), "llava_edge_queue_depth", priority="background") == 0)

@@ -267,14 +267,15 @@ def test_queue_full_answers_busy_and_loses_nothing(
     queued = [caption_task(png, deliveryMethod="async") for _ in range(2)]
     assert post(server, queued).status_code == 200
     assert server.service.health()["queueDepth"] == 2
-    refused = caption_task(png)
-    busy = post(server, [refused])  # the worker is held: waiting for room would never answer (post's timeout)
+    refused = caption_task(png, deliveryMethod="async")  # the same class as the queued ones (async: background)
+    busy = post(server, [refused])
     assert busy.status_code == 503 and busy.headers["retry-after"]
     assert busy.json()["errors"][0]["code"] == "serviceUnavailable"
     assert busy.json()["errors"][0]["taskUUID"] == refused["taskUUID"]
     health = httpx.get(f"{server.http}/health").json()
     assert health | {"liveTasks": 0, "keptResults": 0} == {
         "status": "ok", "model": server.service.captioner.model_name, "loaded": True, "queueDepth": 2, "queueLimit": 2,
+        "queueDepths": {"interactive": 0, "background": 2},
         "running": True, "liveTasks": 0, "keptResults": 0, "pendingDeliveries": 0, "workerRestarts": 0,
         "lastLoadError": None}
     hold.release()

@@ -207,3 +207,15 @@ def test_serve_no_swap_refuses_another_installed_model(installed: None, serve_pr
 
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "modelPinned", refused.text
     assert httpx.get(f"{server.http}/health").json()["model"] == TINY
+
+
+def test_after_an_idle_unload_a_request_for_another_model_does_not_wait_out_the_residency(
+    start: Callable[..., LiveServer],
+) -> None:
+    """Nothing is resident after an idle unload, so nobody is asking for it: the other model loads at once (with a
+    10-minute residency, the request would otherwise wait ten minutes; the hang guard is one)."""
+    live = start(keep_alive=0.0, min_residency=600.0)
+    assert httpx.post(f"{live.http}/v1/chat/completions", json=chat_body(TINY), timeout=HANG_GUARD_S).status_code == 200
+    wait_until(lambda: not live.service.health()["loaded"], timeout=HANG_GUARD_S)
+    answer = httpx.post(f"{live.http}/v1/chat/completions", json=chat_body(SMALL), timeout=HANG_GUARD_S)
+    assert answer.status_code == 200 and answer.json()["model"] == SMALL

@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from llava_edge._version import __version__
 from llava_edge.errors import InvalidRequestError, LlavaEdgeError
-from llava_edge.events import TextDelta
+from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.server.bodies import read_json_object
 from llava_edge.server.budget_fields import requested_budget
@@ -125,10 +126,11 @@ async def _answer(request: Request, service: TaskService, *, chat: bool) -> Resp
         if isinstance(first, Outcome) and first.error is not None:
             return ollama_error(first.error)
         return StreamingResponse(_ndjson(events, model, chat, started), media_type="application/x-ndjson")
+    call, loads = _timing_loads(call)
     outcome = await answer_while_connected(request, service, call)
     if outcome.error is not None:
         return ollama_error(outcome.error)
-    return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started))
+    return JSONResponse(_final(model, outcome.result, chat, time.perf_counter() - started, sum(loads)))
 
 
 def _ollama_call(body: dict[str, Any], service: TaskService, chat: bool,
@@ -212,7 +214,18 @@ def _options(options: object, service: TaskService, *, where: str) -> tuple[Gene
     return generation, requested_budget(options, prefix="options.")
 
 
-def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, Any]:
+def _timing_loads(call: ChatCall) -> tuple[ChatCall, list[float]]:
+    """``call`` noting the seconds of a model load it waits for (Ollama's ``load_duration``)."""
+    loads: list[float] = []
+
+    def seen(event: Progress | TextDelta) -> None:  # from the model thread
+        if isinstance(event, Progress) and event.stage == LOAD and event.done == event.total:
+            loads.append(event.elapsed_s)
+
+    return replace(call, on_event=seen), loads
+
+
+def _final(model: str, result: Any, chat: bool, elapsed_s: float, load_s: float = 0.0) -> dict[str, Any]:
     timings = result.timings
     prefill_s = timings.image_encode_s + timings.image_prefill_s + timings.text_prefill_s
     answer: dict[str, Any] = {"model": model, "created_at": _now()}
@@ -221,7 +234,7 @@ def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, A
     else:
         answer["response"] = result.text
     return {**answer, "done": True, "done_reason": result.finish_reason,
-            "total_duration": _ns(elapsed_s), "load_duration": 0,
+            "total_duration": _ns(elapsed_s), "load_duration": _ns(load_s),
             "prompt_eval_count": timings.prompt_tokens, "prompt_eval_duration": _ns(prefill_s),
             "eval_count": timings.generated_tokens, "eval_duration": _ns(timings.decode_s)}
 
@@ -229,7 +242,10 @@ def _final(model: str, result: Any, chat: bool, elapsed_s: float) -> dict[str, A
 async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: float) -> AsyncIterator[str]:
     """Text deltas as Ollama streams them, one JSON object a line, then the final object (``done: true``,
     durations). A client that disconnects ends the iteration, which cancels the caption."""
+    load_s = 0.0
     async for event in events:
+        if isinstance(event, Progress) and event.stage == LOAD and event.done == event.total:
+            load_s += event.elapsed_s
         if isinstance(event, TextDelta) and event.text:
             piece: dict[str, Any] = {"model": model, "created_at": _now(), "done": False}
             content = {"message": {"role": "assistant", "content": event.text}} if chat else {"response": event.text}
@@ -238,7 +254,7 @@ async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: f
             if event.error is not None:
                 yield json.dumps({"error": for_client(event.error).message}) + "\n"
                 continue
-            final = _final(model, event.result, chat, time.perf_counter() - started)
+            final = _final(model, event.result, chat, time.perf_counter() - started, load_s)
             empty = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
             yield json.dumps({**final, **empty}) + "\n"
 

@@ -5,6 +5,7 @@ unload-only requests. Each server runs on its own captioner: an unload closes it
 from __future__ import annotations
 
 import base64
+import json
 import math
 import threading
 from collections.abc import Callable
@@ -84,6 +85,19 @@ def test_a_reload_streams_a_load_progress_event(start: Callable[..., LiveServer]
             "type": "image_url", "image_url": {"url": data_uri(encode_image(40, 30))}}]}]}) as stream:
         text = "".join(stream.iter_text())
     assert '"stage": "load"' in text and "[DONE]" in text
+
+
+def test_ollama_reports_the_reload_in_load_duration_streamed_or_not(start: Callable[..., LiveServer]) -> None:
+    server = start(keep_alive=0.0)
+    wait_until(lambda: unloaded(server))
+    reloaded = generate(server).json()
+    wait_until(lambda: unloaded(server))
+    with httpx.stream("POST", f"{server.http}/api/generate", timeout=60, json={
+            "model": "llava", "prompt": "Describe.", "images": [IMAGE], "options": OPTIONS}) as stream:
+        streamed = json.loads(list(stream.iter_lines())[-1])
+    assert reloaded["load_duration"] > 0 and streamed["load_duration"] > 0 and streamed["done"] is True
+    assert generate(server, keep_alive=-1).json()["load_duration"] > 0  # reloads, then stays
+    assert generate(server).json()["load_duration"] == 0  # loaded already
 
 
 def test_keep_alive_minus_1_never_unloads(start: Callable[..., LiveServer]) -> None:

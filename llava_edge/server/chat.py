@@ -154,20 +154,6 @@ def task_model(name: str, service: TaskService) -> str:
     return target
 
 
-def refuse_unpinned(model: str, service: TaskService) -> None:
-    """Under ``--no-swap`` only the start model answers: refuse a request for any other.
-
-    Raises:
-        InvalidRequestError: ``modelPinned``, naming the model that answers.
-    """
-    start = service.resident.start_model
-    if service.settings.pin_model and model != start:
-        raise InvalidRequestError(
-            f"This server answers with {start} only (it was started with --no-swap); {model} is installed but "
-            f"cannot be loaded. Name {start} (or llava), or restart the server without --no-swap.",
-            code="modelPinned", parameter="model")
-
-
 def _lowered(names: list[str]) -> set[str]:
     return {name.lower() for name in names}
 
@@ -185,22 +171,23 @@ def request_client(request: Request) -> str:
 
 
 async def answer_while_connected(request: Request, service: TaskService, call: ChatCall) -> Outcome:
-    """``service.chat(call)`` for a non-streamed answer, watching the client meanwhile: when it disconnects, the
-    call is cancelled as a closed stream's is (``TaskService.cancel_chat``), so a caption nobody waits for
+    """``service.worker.chat(call)`` for a non-streamed answer, watching the client meanwhile: when it disconnects,
+    the call is cancelled as a closed stream's is (``ModelWorker.cancel_chat``), so a caption nobody waits for
     stops at its next step, and a queued one never runs."""
     call = prioritised(call, request)
-    answer = asyncio.ensure_future(service.chat(call, base_url=str(request.base_url), client=request_client(request)))
+    answer = asyncio.ensure_future(service.worker.chat(call, base_url=str(request.base_url),
+                                                       client=request_client(request)))
     while not answer.done():
         await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S)
         if not answer.done() and await request.is_disconnected():
-            service.cancel_chat(call)
+            service.worker.cancel_chat(call)
             break
     return await answer
 
 
 async def stream_while_connected(request: Request, service: TaskService,
                                  call: ChatCall) -> AsyncIterator[Progress | TextDelta | Outcome]:
-    """``service.chat(call)`` for this request's client as it happens: progress events and text deltas (sent
+    """``service.worker.chat(call)`` for this request's client as it happens: progress events and text deltas (sent
     from the model thread), then the outcome. Leaving the iteration early (the client disconnected) cancels the
     caption at its next step."""
     loop = asyncio.get_running_loop()
@@ -210,7 +197,7 @@ async def stream_while_connected(request: Request, service: TaskService,
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     streamed = replace(prioritised(call, request), on_event=forward)
-    answer = asyncio.ensure_future(service.chat(streamed, base_url=str(request.base_url),
+    answer = asyncio.ensure_future(service.worker.chat(streamed, base_url=str(request.base_url),
                                                 client=request_client(request)))
     answer.add_done_callback(lambda done: events.put_nowait(_outcome_of(done)))
     try:
@@ -218,7 +205,7 @@ async def stream_while_connected(request: Request, service: TaskService,
             yield item
         yield item
     finally:
-        service.cancel_chat(streamed)
+        service.worker.cancel_chat(streamed)
 
 
 def _outcome_of(done: asyncio.Future[Outcome]) -> Outcome:

@@ -86,6 +86,7 @@ class ImageIntake:
                                   n_ctx=n_ctx, max_pixels=self.settings.max_request_pixels)
             return
         request = job.request
+        assert request is not None  # a job is a chat call or a Runware task
         max_tokens = request.max_tokens if request.max_tokens is not None else captioner.generation.max_tokens
         check_before_decoding(sizes, detail=request.detail, image_tokens=request.image_tokens,
                               prompt_chars=len(request.prompt or DEFAULT_PROMPT), max_tokens=max_tokens,

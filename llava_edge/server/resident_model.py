@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from llava_edge.api import CaptionDone, CaptionResult
-from llava_edge.errors import CaptionCancelledError, LlavaEdgeError
+from llava_edge.errors import CaptionCancelledError, InvalidRequestError, LlavaEdgeError
 from llava_edge.events import LOAD, Progress, TextDelta
 from llava_edge.generation import GenerationOptions
 from llava_edge.server.image_reading import fetching_from
@@ -119,6 +119,19 @@ class ResidentModel:
     def failed(self) -> bool:
         """True while a failed swap left no model in memory (``/health``: degraded)."""
         return self._unloaded and self._failed_load
+
+    def refuse_unpinned(self, model: str) -> None:
+        """Under ``--no-swap`` only the start model answers: refuse a request for any other.
+
+        Raises:
+            InvalidRequestError: ``modelPinned``, naming the model that answers.
+        """
+        start = self.start_model
+        if self.settings.pin_model and model != start:
+            raise InvalidRequestError(
+                f"This server answers with {start} only (it was started with --no-swap); {model} is installed but "
+                f"cannot be loaded. Name {start} (or llava), or restart the server without --no-swap.",
+                code="modelPinned", parameter="model")
 
     def used(self, keep_alive: float | None, asked_at: float | None = None) -> None:
         """An answer (or a load-only request) just used the model: its keep-alive restarts, for the request's

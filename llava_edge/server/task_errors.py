@@ -18,12 +18,11 @@ def internal_error(task_type: str | None, task_uuid: str | None) -> LlavaEdgeErr
     return error
 
 
-def shutdown_failure(request: CaptionRequest, *, started: bool) -> Outcome:
-    """The outcome of a task the shutdown deadline caught (running or not started yet)."""
+def shutdown_error(*, started: bool) -> ServerBusyError:
+    """The error of a job the shutdown deadline caught (running or not started yet)."""
     state = "was still running" if started else "had not started"
-    return failure(ServerBusyError(
-        f"The server shut down while this task {state}; it was not captioned. Send it again when the server is back."
-    ), request)
+    return ServerBusyError(
+        f"The server shut down while this task {state}; it was not captioned. Send it again when the server is back.")
 
 
 def failure(error: LlavaEdgeError, request: CaptionRequest) -> Outcome:

@@ -40,13 +40,13 @@ def send_and_leave(server: LiveServer, path: str) -> None:
 def outcomes_of(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every outcome the server completes a job with (a spy on the real completion)."""
     seen: list[Any] = []
-    real = server.service._complete
+    real = server.service.worker.complete
 
     def complete(job: Any, outcome: Any) -> bool:
         seen.append(outcome)
         return real(job, outcome)
 
-    monkeypatch.setattr(server.service, "_complete", complete)
+    monkeypatch.setattr(server.service.worker, "complete", complete)
     return seen
 
 
@@ -85,7 +85,7 @@ def test_a_running_answer_whose_client_left_is_stopped(
         connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         wait_until(lambda: server.service.health()["running"])  # in the model, waiting for it
-    wait_until(lambda: all(job.chat.cancelled.is_set() for job in server.service._jobs))  # the client is gone
+    wait_until(lambda: all(job.chat.cancelled.is_set() for job in server.service.worker._jobs))  # the client is gone
     hold.release()
 
     wait_until(lambda: len(outcomes) == 1)

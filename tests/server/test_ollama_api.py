@@ -124,13 +124,13 @@ def test_tokens_stream_as_they_are_generated_and_a_closed_stream_stops_the_capti
     server = serve()
     service = server.service
     outcomes: list[object] = []
-    real_complete = service._complete
+    real_complete = service.worker.complete
 
     def recorded(job: object, outcome: object) -> bool:
         outcomes.append(outcome)
         return real_complete(job, outcome)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service, "_complete", recorded)
+    monkeypatch.setattr(service.worker, "complete", recorded)
     body = {"model": "llava", "prompt": "Describe.", "images": [b64(png)],
             "options": {"num_predict": 3000, "temperature": 0}}
     with httpx.stream("POST", f"{server.http}/api/generate", json=body, timeout=30) as response:

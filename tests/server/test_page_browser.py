@@ -255,7 +255,7 @@ def spy_on_chats(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> tuple[lis
     service = live.service
     seen: list[object] = []
     outcomes: list[Any] = []
-    real_chat, real_complete = service.resident.run_chat, service._complete
+    real_chat, real_complete = service.resident.run_chat, service.worker.complete
 
     def chat_now(call: Any, images: Any) -> Any:
         forward = call.on_event
@@ -271,7 +271,7 @@ def spy_on_chats(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> tuple[lis
         return bool(real_complete(job, outcome))
 
     monkeypatch.setattr(service.resident, "run_chat", chat_now)
-    monkeypatch.setattr(service, "_complete", complete)
+    monkeypatch.setattr(service.worker, "complete", complete)
     return seen, outcomes
 
 

@@ -15,7 +15,7 @@ from support.images import data_uri
 from support.servers import LiveServer, ModelHold, caption_task, post, wait_until
 from support.slow_prefill import RUNTIME, anyres_picture, slow_prefill_captioner
 
-from llava_edge.server import task_service
+from llava_edge.server import model_worker
 from llava_edge.server.queue_policy import BACKGROUND_SHARE
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.work_options import PRIORITY_HEADER
@@ -40,13 +40,13 @@ def depths(server: LiveServer) -> dict[str, int]:
 def started_order(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The priority class of each job as the model worker starts it (watched, not changed)."""
     order: list[str] = []
-    real = task_service.TaskService._run_job
+    real = model_worker.ModelWorker._run_job
 
-    def watched(self: task_service.TaskService, job: Any) -> None:
+    def watched(self: model_worker.ModelWorker, job: Any) -> None:
         order.append(job.priority)
         real(self, job)
 
-    monkeypatch.setattr(task_service.TaskService, "_run_job", watched)
+    monkeypatch.setattr(model_worker.ModelWorker, "_run_job", watched)
     yield order
 
 

@@ -109,7 +109,7 @@ def test_inline_images_never_wait_behind_slow_fetches(
     server = serve(allow_private_fetch=True)
     slow = [in_background(lambda index=index: chat(server, [f"{slow_host.url}/slow-{index}.png"], detail="low"))
             for index in range(5)]
-    wait_until(lambda: len(slow_host.requests) == 4 and server.service.intake.slots.waiting == 1)
+    wait_until(lambda: len(slow_host.requests) == 4 and server.service.worker.intake.slots.waiting == 1)
 
     inline = chat(server, [data_uri(encode_image(40, 30))], detail="low")
     runware = post(server, [caption_task(data_uri(encode_image(40, 30)))])
@@ -126,7 +126,7 @@ def test_fetch_slots_go_round_robin_between_clients(
     serve: Callable[..., LiveServer], slow_host: LoopbackHTTP,
 ) -> None:
     server = serve(allow_private_fetch=True)
-    slots = server.service.intake.slots
+    slots = server.service.worker.intake.slots
     greedy = in_background(lambda: chat(server, [f"{slow_host.url}/a-{index}.png" for index in range(6)],
                                         key="client-a", detail="low"))
     wait_until(lambda: len(slow_host.requests) == 4 and slots.waiting == 2)  # a holds every slot, two more wait
@@ -151,5 +151,5 @@ def test_one_fetch_deadline_per_request_however_many_urls(
 
     assert refused.status_code == 400, refused.text
     assert "not all read within 1 s (one deadline for all the image URLs" in refused.json()["error"]["message"]
-    wait_until(lambda: server.service.intake.slots.waiting == 0)
+    wait_until(lambda: server.service.worker.intake.slots.waiting == 0)
     assert chat(server, [data_uri(encode_image(40, 30))], detail="low").status_code == 200

@@ -60,7 +60,7 @@ def test_a_crashing_worker_loop_is_restarted(serve: Callable[..., LiveServer], p
     """Should the worker loop itself ever raise, the supervisor starts it again and /health counts it."""
     server = serve()
     service = server.service
-    real_take = service._queue.take
+    real_take = service.worker._queue.take
     failures = iter([SystemError("injected fault in the worker loop")])
 
     def failing_take(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +68,7 @@ def test_a_crashing_worker_loop_is_restarted(serve: Callable[..., LiveServer], p
             raise failure
         return real_take(*args, **kwargs)
 
-    monkeypatch.setattr(service._queue, "take", failing_take)
+    monkeypatch.setattr(service.worker._queue, "take", failing_take)
     wait_until(lambda: service.worker_restarts == 1)
     assert_alive(server, png)
     assert httpx.get(f"{server.http}/health").json()["workerRestarts"] == 1

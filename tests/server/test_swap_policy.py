@@ -75,13 +75,13 @@ def queue_behind_a_held_model(live: LiveServer, models: list[str], monkeypatch: 
     """Hold the model with one TINY job running, queue one chat per model (in this order), release; the models
     of the jobs in the order the model thread completed them (a spy on the real completion)."""
     completed: list[str] = []
-    real_complete = live.service._complete
+    real_complete = live.service.worker.complete
 
     def complete(job: Any, outcome: Any) -> bool:
         completed.append(job.model)
         return real_complete(job, outcome)
 
-    monkeypatch.setattr(live.service, "_complete", complete)
+    monkeypatch.setattr(live.service.worker, "complete", complete)
     answers: list[int] = []
     hold = ModelHold(live)
     threads = []

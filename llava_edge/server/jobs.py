@@ -31,7 +31,7 @@ class Job:
     model: str = ""
     """The id of the installed model that must answer it (swapped in first when another is resident)."""
     client: str = ""
-    """Whose it is (``read_policy.client_key``): fetch slots and queue places are shared between clients."""
+    """Whose it is (``read_policy.client_key``): fetch slots are shared round-robin between clients."""
     work: WorkOptions = field(default_factory=WorkOptions)
     """Its budget, keep-alive and priority class (a chat call's own, see ``__post_init__``)."""
     on_outcome: Callable[[Outcome], None] | None = None
@@ -41,7 +41,7 @@ class Job:
     """The image bytes (one for a Runware task, one or more for a chat call), once read; the job enters
     the model queue only then."""
     admitted: float = field(default_factory=time.monotonic)
-    """When it was admitted (``queue_places``: the newest job of a client holding too many places gives its up)."""
+    """When it was admitted (the latest request's ``keep_alive`` wins)."""
     arrived: float = 0.0
     """When it entered the model queue (``time.monotonic``)."""
     completed: threading.Event = field(default_factory=threading.Event)

@@ -1,16 +1,15 @@
 """The one model worker: every kind of caption work (a Runware caption task, a chat or Responses call, a page
 request) is a ``Job`` submitted here, and the worker owns it from admission to its one outcome.
 
-Admission is bounded per priority class (``--max-queue``), with places shared between clients
-(``queue_places``); a job's images are read outside the model thread (``image_intake``: fetch slots shared
-between clients, one deadline per request, sizes checked before decoding); then it waits in the queue
-(``job_queue`` over ``queue_policy``) for the model thread (``model_thread``), which runs it on its model,
-swapping, reloading and unloading as needed. A job whose caller left is cancelled: at its next step when it runs,
-at once when it waits. Shutdown drains: ``begin_shutdown`` refuses new jobs, lets the admitted ones finish until
-the deadline, then fails the rest. Every admitted job is completed exactly once, by the model or by the drain, a
-push-out or a cancel; its ``on_outcome`` (a Runware task's keeping and delivery) runs before its caller hears.
+Admission is bounded per priority class (``--max-queue``); a job's images are read outside the model thread
+(``image_intake``: fetch slots shared between clients, one deadline per request, sizes checked before decoding);
+then it waits in the queue (``job_queue`` over ``queue_policy``) for the model thread (``model_thread``), which
+runs it on its model, swapping, reloading and unloading as needed. A job whose caller left is cancelled: at its
+next step when it runs, at once when it waits. Shutdown drains: ``begin_shutdown`` refuses new jobs, lets the
+admitted ones finish until the deadline, then fails the rest. Every admitted job is completed exactly once, by the
+model, the drain or a cancel; its ``on_outcome`` (a Runware task's keeping and delivery) runs before its caller
+hears.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +24,6 @@ from llava_edge.server.image_intake import ImageIntake
 from llava_edge.server.job_queue import JobQueue
 from llava_edge.server.jobs import Job
 from llava_edge.server.model_thread import ModelThread
-from llava_edge.server.queue_places import Place, place_for
 from llava_edge.server.resident_model import ChatCall, ResidentModel
 from llava_edge.server.settings import ServerSettings
 from llava_edge.server.task_errors import shutdown_error
@@ -115,7 +113,7 @@ class ModelWorker:
         if running is not None:  # its job has its outcome: now llama.cpp may drop the rest of the caption
             self.resident.captioner.runtime.cancel()
         if failed:
-            _log.warning("shutdown: %d accepted caption jobs did not finish by the deadline and were failed "
+            _log.warning("shutdown: %d accepted caption tasks did not finish by the deadline and were failed "
                          "(serviceUnavailable)", failed)
 
     # -- state ----------------------------------------------------------------------------------
@@ -143,25 +141,22 @@ class ModelWorker:
     # -- admission ------------------------------------------------------------------------------
 
     def admit(self, job: Job, base_url: str) -> None:
-        """Take ``job`` in and start reading its images, unless its model is pinned out, its class is full
-        (another client's newest job may give up its place, ``queue_places``) or the server is shutting down.
+        """Take ``job`` in and start reading its images, unless its model is pinned out, its class is full or the
+        server is shutting down.
 
         Raises:
             InvalidRequestError: the model is pinned out (``--no-swap``); ServerBusyError: no place.
         """
         self.resident.refuse_unpinned(job.model)
         with self._lock:  # the drain collects leftovers under this lock: no job slips in after it
-            place = Place[Job](False) if self.draining.is_set() else place_for(
-                self._waiting(job.priority), job.client, self.settings.max_queue)
-            if place.admitted:
+            admitted = not self.draining.is_set() and len(self._waiting(job.priority)) < self.settings.max_queue
+            if admitted:
                 self._jobs.add(job)
-        if not place.admitted:
+        if not admitted:
             raise ServerBusyError(
                 "The server is shutting down; send the task again when it is back." if self.draining.is_set()
                 else f"The server is busy: {self.settings.max_queue} {job.priority} caption tasks are already "
                 "waiting. Retry in a few seconds.")
-        if place.pushed_out is not None:
-            self._push_out(place.pushed_out)
         reader = asyncio.create_task(self._read_then_queue(job, base_url))
         self._readers.add(reader)  # kept referenced until done
         reader.add_done_callback(self._readers.discard)
@@ -176,14 +171,6 @@ class ModelWorker:
         except LlavaEdgeError as err:
             return Outcome.failure(err)
         return await asyncio.shield(asyncio.wrap_future(job.future))
-
-    def _push_out(self, job: Job) -> None:
-        """``job`` gives up its place to another client's (``queue_places``): answered busy, never run."""
-        self._queue.remove(job)
-        busy = ServerBusyError("The server is busy: another client needed a place in the queue. Retry in a few "
-                               "seconds.")
-        if self.complete(job, job.failed(busy)):
-            self._cancel_if_running(lambda running: running is job, answered=True)  # taken a moment ago
 
     async def _read_then_queue(self, job: Job, base_url: str) -> None:
         """Read the job's images outside the model thread (``ImageIntake``), then queue it for the model."""
@@ -245,13 +232,12 @@ class ModelWorker:
         call.cancelled.set()
         self.abandon(lambda job: job.chat is call, "The client left before this call ran.")
 
-    def _cancel_if_running(self, which: Callable[[Job], bool], *, answered: bool = False) -> None:
-        """Cancel the caption in the model if the running job is ``which`` one (and not answered yet, unless
-        ``answered``), inside llama.cpp. Under the lock, so a job that just ended cannot have its successor
-        cancelled."""
+    def _cancel_if_running(self, which: Callable[[Job], bool]) -> None:
+        """Cancel the caption in the model if the running job is ``which`` one (and not answered yet), inside
+        llama.cpp. Under the lock, so a job that just ended cannot have its successor cancelled."""
         with self._lock:
             job = self._running
-            if job is not None and (answered or not job.completed.is_set()) and which(job):
+            if job is not None and not job.completed.is_set() and which(job):
                 self.resident.captioner.runtime.cancel()
 
     def complete(self, job: Job, outcome: Outcome) -> bool:

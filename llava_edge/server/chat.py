@@ -6,8 +6,6 @@ authentication, and reading a JSON body.
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,12 +16,18 @@ from llava_edge.errors import (
     UnknownModelError,
 )
 from llava_edge.events import Progress, TextDelta
-from llava_edge.models.catalog import load_registry
 from llava_edge.server.auth import bearer_key
 from llava_edge.server.budget_fields import requested_budget
 from llava_edge.server.conversation import quoted
 from llava_edge.server.keep_alive import requested_keep_alive
-from llava_edge.server.model_listing import GENERIC_NAMES, installed_files, installed_list, name_table
+from llava_edge.server.model_listing import (
+    GENERIC_NAMES,
+    installed_list,
+    name_table,
+    registry_entry,
+    registry_path,
+    resolve_model,
+)
 from llava_edge.server.read_policy import client_key
 from llava_edge.server.resident_model import ChatCall
 from llava_edge.server.task_results import Outcome
@@ -46,22 +50,11 @@ DISCONNECT_POLL_S = 0.25
 """How often a non-streamed chat answer checks that its client is still there."""
 
 
-@functools.lru_cache(maxsize=8)
-def _registered(model_name: str, registry: str | None) -> tuple[tuple[str, ...], str]:
-    """(aliases, quantization) of a variant, read from its registry once; ``((), "unknown")`` for local or
-    synthetic files that no registry lists."""
-    try:
-        spec = load_registry(registry).resolve(model_name)
-    except LlavaEdgeError:
-        return (), "unknown"
-    return tuple(spec.aliases), spec.quant
-
-
 def resident_names(service: TaskService) -> list[str]:
     """The resident model's id first, then its aliases, and the generic names while it is the start model
     (or while the start model cannot be loaded again by name)."""
     captioner = service.captioner
-    aliases, _ = _registered(captioner.model_name, _registry_path(service))
+    aliases, _ = registry_entry(captioner.model_name, registry_path(service))
     start = service.resident.start_model
     generic = GENERIC_NAMES if captioner.model_name == start or start not in name_table(service).values() else ()
     return list(dict.fromkeys([captioner.model_name, *aliases, *generic]))
@@ -74,12 +67,7 @@ def installed_model_ids(service: TaskService) -> list[str]:
 
 def quantization_of(model_name: str, service: TaskService) -> str:
     """A model's quantization level (``Q4_K_M``), or ``unknown``."""
-    return _registered(model_name, _registry_path(service))[1]
-
-
-def _registry_path(service: TaskService) -> str | None:
-    registry = service.captioner.registry
-    return None if registry is None else os.fspath(registry)
+    return registry_entry(model_name, registry_path(service))[1]
 
 
 @dataclass(frozen=True)
@@ -120,42 +108,6 @@ def check_model(name: object, service: TaskService) -> RequestedModel:
         "Name one of these, or download another with `llava-edge pull VARIANT`.",
         code="modelNotFound",
     )
-
-
-def resolve_model(name: str, service: TaskService) -> str | None:
-    """The id of the installed model ``name`` picks, the same on every API (Runware tasks included); None when
-    it picks none. The generic names (``llava``, ``runware:150@2``, ...) always mean the start model, even
-    after a swap and when it was loaded from files no registry lists; a model whose files are the resident's
-    or the start model's is that one."""
-    key, start, resident = name.strip().lower(), service.resident.start_model, service.captioner.model_name
-    if key in _lowered(list(GENERIC_NAMES)):
-        return start
-    for model in (resident, start):
-        if key in _lowered([model, *_registered(model, _registry_path(service))[0]]):
-            return model
-    target = {known.lower(): model for known, model in name_table(service).items()}.get(key)
-    if target is None:
-        return None
-    files = installed_files(target, service).model_path
-    return {service.captioner.files.model_path: resident, service.resident.start_files.model_path: start}.get(
-        files, target)
-
-
-def task_model(name: str, service: TaskService) -> str:
-    """The installed model a Runware task's ``model`` names, resolved as the chat APIs resolve it.
-
-    Raises:
-        UnknownModelError: no installed model has that name (Runware's ``invalidModel``).
-    """
-    target = resolve_model(name, service)
-    if target is None:
-        raise UnknownModelError(f"Model {quoted(name)} is not on this machine; name runware:150@2 (the model this "
-                                f"server started with, {service.resident.start_model}) or an installed model.")
-    return target
-
-
-def _lowered(names: list[str]) -> set[str]:
-    return {name.lower() for name in names}
 
 
 def authenticate_request(request: Request, service: TaskService) -> None:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.schema import RESPONSE_TASK_TYPE, CaptionRequest, parse_caption_request, task_identity
 from llava_edge.server.auth import AuthGate
-from llava_edge.server.chat import task_model
 from llava_edge.server.delivery import Deliverer
 from llava_edge.server.jobs import Job
+from llava_edge.server.model_listing import task_model
 from llava_edge.server.model_worker import ModelWorker
 from llava_edge.server.resident_model import ResidentModel
 from llava_edge.server.session_tasks import ResponseLookup, authenticate, ping

@@ -34,10 +34,10 @@ Embeddings = np.ndarray[Any, np.dtype[np.float32]]
 Indices = np.ndarray[Any, np.dtype[np.intp]]
 Vector = np.ndarray[Any, np.dtype[np.float32]]
 
-_NEAREST_BLOCK = 256
+_NEAREST_BLOCK = 512
 """Rows per block when finding each token's nearest other token (a ``block x N`` float32 scratch)."""
-_BLOCK = 64
-"""Rows per block of the farthest-point picks (64 rows of 4,096 floats: 1 MiB, cache-sized)."""
+_CANDIDATES = 64
+"""Distance columns computed at once for the farthest-point picks (an ``N x 64`` float32 cache)."""
 
 
 @dataclass(frozen=True)
@@ -130,48 +130,45 @@ def diverse_indices(embeddings: Embeddings, count: int) -> Indices:
 
 
 class _FarthestPoints:
-    """Farthest-point picks holding N-vectors only: each token's distance to the nearest kept token.
+    """Farthest-point picks holding N-vectors only: each token's distance to the nearest kept token, exact
+    after every pick (no N x N matrix, no normalized copy of the embeddings).
 
-    The distances are brought up to date lazily, a block of rows at a time: a block's largest distance
-    only falls as tokens are kept, so a block whose (stale) largest distance is below an up-to-date
-    block's largest cannot hold the next pick and waits. An update multiplies the block's raw embeddings
-    by the rows kept since its last update, scaled by the inverse norms (no normalized copy, no N x N)."""
+    A pick needs its distances to every token. They come from a small cache of distance columns, computed
+    ``_CANDIDATES`` at a time from the raw embeddings scaled by the inverse norms, for the tokens farthest
+    from the kept ones when the cache misses: the next picks are mostly among them, so one matrix product
+    serves many picks."""
 
     def __init__(self, embeddings: Embeddings, inverse: Vector, first: int):
         self.embeddings, self.inverse = embeddings, inverse
         n = len(embeddings)
-        self.chosen = [first]
+        self.chosen: list[int] = []
         self.to_kept = np.full(n, np.inf, dtype=np.float32)
-        self.to_kept[first] = -np.inf
-        blocks = -(-n // _BLOCK)
-        self.applied = [0] * blocks  # how many kept tokens each block's distances have seen
-        self.block_max = np.full(blocks, np.inf, dtype=np.float32)
+        self.columns = np.empty((n, min(_CANDIDATES, n)), dtype=np.float32)
+        self.cached: dict[int, int] = {}  # token -> its column in self.columns
+        self._keep(first)
 
     def pick(self) -> None:
         """Keep the token farthest from the kept ones (ties to the lowest index)."""
-        while True:
-            block = int(np.argmax(self.block_max))  # the lowest block among ties
-            if self.applied[block] == len(self.chosen):
-                break
-            self._update(block)
-        start = block * _BLOCK
-        row = start + int(np.argmax(self.to_kept[start:start + _BLOCK]))
-        self.chosen.append(row)
-        self.to_kept[row] = -np.inf
+        self._keep(int(np.argmax(self.to_kept)))  # argmax returns the lowest index among ties
 
-    def _update(self, block: int) -> None:
-        start = block * _BLOCK
-        rows = slice(start, min(start + _BLOCK, len(self.embeddings)))
-        to_kept = self.to_kept[rows]
-        for first in range(self.applied[block], len(self.chosen), _BLOCK):
-            kept = self.chosen[first:first + _BLOCK]
-            distance = self.embeddings[rows] @ self.embeddings[kept].T
-            distance *= self.inverse[rows, None]
-            distance *= self.inverse[None, kept]
-            np.subtract(np.float32(1.0), distance, out=distance)
-            np.minimum(to_kept, distance.min(axis=1), out=to_kept)
-        self.applied[block] = len(self.chosen)
-        self.block_max[block] = to_kept.max()
+    def _keep(self, token: int) -> None:
+        if token not in self.cached:
+            self._fill(token)
+        np.minimum(self.to_kept, self.columns[:, self.cached[token]], out=self.to_kept)
+        self.to_kept[token] = -np.inf
+        self.chosen.append(token)
+
+    def _fill(self, token: int) -> None:
+        """Distance columns of ``token`` and of the other tokens now farthest from the kept ones."""
+        count = self.columns.shape[1]
+        others = np.argpartition(self.to_kept, -count)[-count:] if count < len(self.to_kept) else np.arange(count)
+        tokens = [token, *(int(other) for other in others if other != token)][:count]
+        columns = self.columns[:, :len(tokens)]
+        np.matmul(self.embeddings, self.embeddings[tokens].T, out=columns)  # the big operand first: faster
+        columns *= self.inverse[:, None]
+        columns *= self.inverse[None, tokens]
+        np.subtract(np.float32(1.0), columns, out=columns)
+        self.cached = {kept: index for index, kept in enumerate(tokens)}
 
 
 def inverse_norms(embeddings: Embeddings) -> Vector:
@@ -182,18 +179,21 @@ def inverse_norms(embeddings: Embeddings) -> Vector:
 
 
 def nearest_other_distances(embeddings: Embeddings, inverse: Vector) -> Vector:
-    """Each row's cosine distance to its nearest other row, ``_NEAREST_BLOCK`` rows at a time."""
+    """Each row's cosine distance to its nearest other row: the lower triangle of the distance matrix,
+    ``_NEAREST_BLOCK`` columns at a time (each pair once, seen from both of its rows)."""
     n = len(embeddings)
-    nearest = np.empty(n, dtype=np.float32)
-    block = np.empty((min(_NEAREST_BLOCK, n), n), dtype=np.float32)
+    nearest = np.full(n, np.inf, dtype=np.float32)
+    scratch = np.empty(min(_NEAREST_BLOCK, n) * n, dtype=np.float32)
     for start in range(0, n, _NEAREST_BLOCK):
-        rows = block[:min(_NEAREST_BLOCK, n - start)]
-        np.matmul(embeddings[start:start + len(rows)], embeddings.T, out=rows)
-        rows *= inverse[start:start + len(rows), None]
-        rows *= inverse[None, :]
-        np.subtract(np.float32(1.0), rows, out=rows)
-        rows[np.arange(len(rows)), np.arange(start, start + len(rows))] = np.inf
-        rows.min(axis=1, out=nearest[start:start + len(rows)])
+        end = min(start + _NEAREST_BLOCK, n)
+        block = scratch[:(n - start) * (end - start)].reshape(n - start, end - start)
+        np.matmul(embeddings[start:], embeddings[start:end].T, out=block)  # the big operand first: faster
+        block *= inverse[start:, None]
+        block *= inverse[None, start:end]
+        np.subtract(np.float32(1.0), block, out=block)
+        block[np.arange(end - start), np.arange(end - start)] = np.inf  # a row and itself
+        np.minimum(nearest[start:], block.min(axis=1), out=nearest[start:])
+        np.minimum(nearest[start:end], block.min(axis=0), out=nearest[start:end])
     return nearest
 
 

@@ -15,9 +15,9 @@ The budget is spread over the whole anyres grid (the overview and every tile tog
 
 Memory: ``Reduction`` takes the views one at a time, as they are encoded. ``pooled`` and ``uniform`` know
 what they keep of each view up front and hold only the ``count`` fed rows. ``diverse`` must see every token
-before it keeps any: it holds all the views' embeddings in one buffer (float32, ``total x n_embd``), keeps
-one N-vector of distances (no N x N matrix, no normalized copy), moves the kept rows to the front of the
-buffer in place and gives the rest back.
+before it keeps any: it holds all the views' embeddings in one buffer (float32, ``total x n_embd``), picks
+with N-vectors, a few distance columns and a block scratch (no N x N matrix, no normalized copy), moves
+the kept rows to the front of the buffer in place and gives the rest back.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ Indices = np.ndarray[Any, np.dtype[np.intp]]
 Vector = np.ndarray[Any, np.dtype[np.float32]]
 
 _NEAREST_BLOCK = 512
-"""Rows per block when finding each token's nearest other token (a ``block x N`` float32 scratch)."""
+"""Columns per block when finding each token's nearest other token (an ``N x block`` float32 scratch)."""
 _CANDIDATES = 64
 """Distance columns computed at once for the farthest-point picks (an ``N x 64`` float32 cache)."""
 

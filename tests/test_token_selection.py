@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from llava_edge.runtime.token_selection import (
+    Reduction,
     area_weights,
-    cosine_distances,
     diverse_indices,
     reduce_views,
     shares,
@@ -20,6 +20,27 @@ from llava_edge.token_budget import TokenBudget, image_token_count, token_budget
 
 def embeddings(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def cosine_distances(vectors: np.ndarray) -> np.ndarray:
+    """``1 - cos`` between every two rows, from normalized rows (float32), as a whole matrix."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
+    return np.float32(1.0) - unit @ unit.T
+
+
+def matrix_greedy(vectors: np.ndarray, count: int) -> list[int]:
+    """The max-min rule over the whole distance matrix, the straightforward way."""
+    distance = cosine_distances(vectors)
+    np.fill_diagonal(distance, np.inf)
+    chosen = [int(np.argmax(distance.min(axis=1)))]
+    to_kept = distance[chosen[0]].copy()
+    to_kept[chosen[0]] = -np.inf
+    while len(chosen) < count:
+        chosen.append(int(np.argmax(to_kept)))
+        np.minimum(to_kept, distance[chosen[-1]], out=to_kept)
+        to_kept[chosen[-1]] = -np.inf
+    return sorted(chosen)
 
 
 def brute_force_greedy(vectors: np.ndarray, count: int) -> list[int]:
@@ -42,6 +63,30 @@ def brute_force_greedy(vectors: np.ndarray, count: int) -> list[int]:
 def test_diverse_follows_the_max_min_rule_step_by_step(seed: int, count: int) -> None:
     vectors = embeddings(12, seed=seed)
     assert diverse_indices(vectors, count).tolist() == sorted(brute_force_greedy(vectors, count))
+
+
+@pytest.mark.parametrize(("n", "d", "count"), [(700, 48, 1), (700, 48, 160), (1500, 96, 640), (1500, 96, 1499)])
+def test_diverse_picks_what_the_whole_distance_matrix_picks(n: int, d: int, count: int) -> None:
+    """The lazy, block-wise updates keep exactly the tokens of the greedy rule run over the N x N matrix
+    (more tokens than one block, budgets across the range)."""
+    vectors = np.random.default_rng(7).normal(size=(n, d)).astype(np.float32)
+    vectors[::5] += vectors[1::5][: len(vectors[::5])] * 3  # near-duplicate pairs, as neighbouring patches
+    vectors[17] = 0.0  # a zero row is at distance 1 from everything
+    assert diverse_indices(vectors, count).tolist() == matrix_greedy(vectors, count)
+
+
+@pytest.mark.parametrize("selection", ["diverse", "pooled", "uniform"])
+def test_a_reduction_copies_each_view_as_it_comes(selection: str) -> None:
+    """Views added one by one from one reused scratch buffer (as libmtmd reuses its output) give what the
+    views together give."""
+    views = [embeddings(576, d=6, seed=seed) for seed in range(5)]
+    reduction, scratch = Reduction([576] * 5, 640, 6, selection), np.empty((576, 6), dtype=np.float32)
+    for index, view in enumerate(views):
+        scratch[:] = view
+        reduction.add(index, scratch)
+    reduced, expected = reduction.finish(), reduce_views(views, 640, selection)
+    assert np.array_equal(reduced.embeddings, expected.embeddings)
+    assert reduced.embeddings.shape == (640, 6) and reduced.embeddings.flags.c_contiguous
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -19,7 +19,7 @@ from llava_edge.errors import RuntimeBackendError
 from llava_edge.events import ENCODE, PREFILL
 from llava_edge.generation import PromptChunk
 from llava_edge.runtime.parking import MakeWay
-from llava_edge.runtime.token_selection import reduce_views
+from llava_edge.runtime.token_selection import Reduction
 
 SELECT = "select"
 """Step kind of the token selection of a budgeted image (reported in the timings, not as progress)."""
@@ -167,8 +167,9 @@ def eval_reduced_image(
 ) -> Iterator[Step]:
     """Encode every view (chunk) of one image with CLIP, keep ``count`` of all their tokens (by
     ``selection``, see ``token_selection``), then decode the kept embeddings from position ``n_past`` at
-    contiguous positions, ``n_batch`` at a time. Yields a step after each encode, one ``SELECT`` step, and
-    a step per batch.
+    contiguous positions, ``n_batch`` at a time. Yields a step after each encode, a ``SELECT`` step after
+    each view is taken in (the selection's share of it: a copy, or the view's pooled or kept rows) and one
+    after the selection, and a step per batch.
 
     Raises:
         RuntimeBackendError: the encode or a decode failed, or the model needs another position scheme.
@@ -177,22 +178,23 @@ def eval_reduced_image(
         raise RuntimeBackendError("This model places image tokens in a way image token budgets do not "
                                   "support; caption without image_tokens.")
     n_embd = int(llama_cpp.llama_model_n_embd_inp(llama_cpp.llama_get_model(context)))
-    views = []
-    for chunk in chunks:
+    sizes = [int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)) for chunk in chunks]
+    reduction = Reduction(sizes, count, n_embd, selection)  # holds only what the selection needs
+    for index, chunk in enumerate(chunks):
         if make_way is not None:
             make_way()
         began = time.perf_counter()
         if mtmd.mtmd_encode_chunk(mtmd_context, chunk) != 0:
             raise RuntimeBackendError("libmtmd failed to encode the image.")
-        n_tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-        output = ctypes.cast(mtmd.mtmd_get_output_embd(mtmd_context), ctypes.POINTER(ctypes.c_float))
-        views.append(np.ctypeslib.as_array(output, shape=(n_tokens, n_embd)).copy())  # the next encode reuses it
         yield ENCODE, 1, time.perf_counter() - began
+        began = time.perf_counter()
+        output = ctypes.cast(mtmd.mtmd_get_output_embd(mtmd_context), ctypes.POINTER(ctypes.c_float))
+        reduction.add(index, np.ctypeslib.as_array(output, shape=(sizes[index], n_embd)))  # copied: reused
+        yield SELECT, 0, time.perf_counter() - began
     began = time.perf_counter()
-    reduced = reduce_views(views, count, selection)
-    del views
+    kept = reduction.finish().embeddings  # alive while the batches point into it
+    del reduction
     yield SELECT, 0, time.perf_counter() - began
-    kept = reduced.embeddings  # alive while the batches point into it
     yield from _decode_embeddings(context, kept.ctypes.data, len(kept), n_past, n_batch, on_failure, make_way)
 
 

@@ -13,6 +13,12 @@ Takes about half an hour on the real Q4_K_M model on a 2-core machine; run it wi
     python benchmarks/budgets.py --model Q4_K_M --anchor /path/to/llama-mtmd-cli
     python benchmarks/budgets.py --model synthetic-tiny --runs 1 --out /tmp/budgets   # a check of the script
 
+A configuration measured while the machine was busy can be measured again, alone, into the same report (the busy
+result stays in it, renamed "(replaced)"):
+
+    python benchmarks/budgets.py --model Q4_K_M --anchor ... --only "mtmd-cli -c 4096 -fa on -nr" \
+        --into benchmarks/results/budgets-Q4_K_M.json
+
 Writes ``<out>/budgets-<model>.json`` and ``.md`` (the machine described) as each configuration finishes.
 """
 
@@ -24,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llava_edge.bench.report import markdown
+from llava_edge.bench.report import load_report, markdown
 from llava_edge.bench.runner import ENGINE_MTMD, BenchConfig, BenchReport, ConfigResult, run_benchmark
 from llava_edge.bench.suites import ANCHOR_TUNED, TUNED_ANCHOR_ARGS
 
@@ -106,6 +112,20 @@ def write(report: BenchReport, stem: Path) -> None:
     stem.with_suffix(".md").write_text(table(report))
 
 
+def replaced_in(base: BenchReport, again: BenchReport) -> BenchReport:
+    """``base`` with each result of ``again`` in place of the one of the same name (kept, renamed)."""
+    results = list(base.results)
+    for fresh in again.results:
+        for index, old in enumerate(results):
+            if old.config.name == fresh.config.name:
+                results[index:index + 1] = [fresh, replace(old, config=replace(
+                    old.config, name=f"{old.config.name} (replaced: measured while the machine was busy)"))]
+                break
+        else:
+            results.append(fresh)
+    return replace(base, results=results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="Q4_K_M", help="a variant id or synthetic-<preset>")
@@ -113,14 +133,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--only", action="append", default=None,
+                        help="measure only the configuration of this name (repeatable)")
+    parser.add_argument("--into", type=Path, default=None,
+                        help="a budgets JSON whose result of the same name this run replaces (kept, renamed)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"budgets-{args.model}"
-    report = run_benchmark(configs(args.model, runs=args.runs, max_tokens=args.max_tokens,
-                                   anchor=args.anchor is not None),
-                           anchor=args.anchor, progress=lambda line: print(line, flush=True),
-                           on_result=lambda partial: write(partial, stem))
-    write(report, stem)
+    base = load_report(args.into) if args.into is not None else None
+    chosen = [config for config in configs(args.model, runs=args.runs, max_tokens=args.max_tokens,
+                                           anchor=args.anchor is not None)
+              if args.only is None or config.name in args.only]
+
+    def merged(report: BenchReport) -> BenchReport:
+        return report if base is None else replaced_in(base, report)
+
+    report = run_benchmark(chosen, anchor=args.anchor, progress=lambda line: print(line, flush=True),
+                           on_result=lambda partial: write(merged(partial), stem))
+    write(merged(report), stem)
     print(stem.with_suffix(".md").read_text())
 
 

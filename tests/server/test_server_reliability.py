@@ -200,7 +200,9 @@ def test_sigterm_finishes_accepted_tasks_then_exits_0(
     server = serve_process("--shutdown-timeout", "15", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192")
     refused = httpx.post(f"{server.http}/v1", json=[caption_task(slow_host.url.replace("127.0.0.1", "localhost"))])
     assert refused.status_code == 400 and "not in the allowed hosts" in refused.text  # the CLI option is wired
-    tasks = [long_caption(png, loopback_http, "running"), hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
+    assert httpx.post(f"{server.http}/v1", json=[long_caption(png, loopback_http, "running")]).status_code == 200
+    wait_until(lambda: _health(server) == (True, 0))  # the long caption holds the model before the others come
+    tasks = [hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
     tasks += [hooked(png, loopback_http, f"queued{n}") for n in range(3)]
     assert httpx.post(f"{server.http}/v1", json=tasks).status_code == 200
     waiting, answers = post_in_thread(f"{server.http}/v1", [sync := caption_task(png)])
@@ -229,7 +231,9 @@ def test_sigterm_deadline_fails_unfinished_tasks_to_their_webhooks(
     files = slow_prefill_files()  # its 4,096-token answer lasts many seconds: surely still running at the deadline
     server = serve_process("--shutdown-timeout", "1", "--allow-fetch-host", "127.0.0.1", "--n-ctx", "8192",
                            model=("--model-path", str(files.model_path), "--mmproj-path", str(files.mmproj_path)))
-    tasks = [long_caption(png, loopback_http, "running"), hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
+    assert httpx.post(f"{server.http}/v1", json=[long_caption(png, loopback_http, "running")]).status_code == 200
+    wait_until(lambda: _health(server) == (True, 0))  # the long caption holds the model before the others come
+    tasks = [hooked(f"{slow_host.url}/held.png", loopback_http, "reading")]
     tasks += [hooked(png, loopback_http, f"queued{n}") for n in range(2)]
     assert httpx.post(f"{server.http}/v1", json=tasks).status_code == 200
     waiting, answers = post_in_thread(f"{server.http}/v1", [sync := caption_task(png)])

@@ -87,8 +87,9 @@ class Parking:
         try:
             began = time.perf_counter()
             self._park_and_run(turn, context, marks, put_back)
-            _log.debug("a caption stepped aside for %.2f s (%d bytes parked)", time.perf_counter() - began, size)
-            return time.perf_counter() - began
+            seconds = time.perf_counter() - began
+            _log.debug("a caption stepped aside for %.2f s (%d bytes parked)", seconds, size)
+            return seconds
         finally:
             self._cache.release(size)
 

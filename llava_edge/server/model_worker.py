@@ -55,7 +55,7 @@ class ModelWorker:
         self._deadline = float("inf")
         self._abandoned = False
         self._drainer: threading.Thread | None = None
-        self.thread = ModelThread(self._queue, resident, self._run_job, wanted=lambda: bool(self._jobs))
+        self.thread = ModelThread(self._queue, resident, self._run_job, wanted=lambda: self.wanted)
         self._readers: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -219,10 +219,17 @@ def _timing_loads(call: ChatCall) -> tuple[ChatCall, list[float]]:
     loads: list[float] = []
 
     def seen(event: Progress | TextDelta) -> None:  # from the model thread
-        if isinstance(event, Progress) and event.stage == LOAD and event.done == event.total:
-            loads.append(event.elapsed_s)
+        if seconds := _load_seconds(event):
+            loads.append(seconds)
 
     return replace(call, on_event=seen), loads
+
+
+def _load_seconds(event: object) -> float:
+    """The seconds of a model load ``event`` reports as finished; 0.0 for any other event."""
+    if isinstance(event, Progress) and event.stage == LOAD and event.done == event.total:
+        return event.elapsed_s
+    return 0.0
 
 
 def _final(model: str, result: Any, chat: bool, elapsed_s: float, load_s: float = 0.0) -> dict[str, Any]:
@@ -244,8 +251,7 @@ async def _ndjson(events: AsyncIterator[Any], model: str, chat: bool, started: f
     durations). A client that disconnects ends the iteration, which cancels the caption."""
     load_s = 0.0
     async for event in events:
-        if isinstance(event, Progress) and event.stage == LOAD and event.done == event.total:
-            load_s += event.elapsed_s
+        load_s += _load_seconds(event)
         if isinstance(event, TextDelta) and event.text:
             piece: dict[str, Any] = {"model": model, "created_at": _now(), "done": False}
             content = {"message": {"role": "assistant", "content": event.text}} if chat else {"response": event.text}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.damaged_models import cache_with_damaged_small
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, caption_task, post
 
 from llava_edge import Captioner, GenerationOptions
 from llava_edge.image_store import ImageStore
-from llava_edge.models.synthetic import build_synthetic_pair
 from llava_edge.server.public_errors import public_message
 from llava_edge.server.settings import ServerSettings
 
@@ -40,14 +40,9 @@ def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 @pytest.fixture
 def broken_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A model cache in ``tmp_path`` with the tiny pair and a ``kquant-small`` pair whose text model is damaged."""
-    cache = tmp_path / "cache"
-    real = build_synthetic_pair("tiny").model_path.parent
-    shutil.copytree(real, cache / "synthetic" / real.name)
-    broken = cache / "synthetic" / real.name.replace("tiny", "kquant-small")
-    shutil.copytree(real, broken)
-    (broken / "model.gguf").write_bytes(b"GGUF" + b"\0" * 64)
-    monkeypatch.setenv("LLAVA_EDGE_CACHE", str(cache))
-    return broken / "model.gguf"
+    damaged = cache_with_damaged_small(tmp_path)
+    monkeypatch.setenv("LLAVA_EDGE_CACHE", str(tmp_path / "cache"))
+    return damaged
 
 
 @pytest.fixture

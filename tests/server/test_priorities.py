@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.images import data_uri
+from support.images import data_uri, encoded
 from support.servers import LiveServer, ModelHold, caption_task, post, wait_until
 from support.slow_prefill import RUNTIME, anyres_picture, slow_prefill_captioner
 
@@ -118,7 +118,7 @@ def test_max_queue_applies_per_class_so_a_batch_cannot_turn_a_person_away(
 
 def test_a_background_caption_steps_aside_in_its_prefill_and_still_answers_as_alone() -> None:
     runtime = replace(RUNTIME, prefix_cache_bytes=512 << 20)  # room to park the background caption's state
-    picture = data_uri(_png(anyres_picture()))
+    picture = data_uri(encoded(anyres_picture()))
     with slow_prefill_captioner(4, runtime) as slow:
         live = LiveServer(slow, ServerSettings())
         try:
@@ -139,10 +139,3 @@ def test_a_background_caption_steps_aside_in_its_prefill_and_still_answers_as_al
         finally:
             live.stop()
 
-
-def _png(image: Any) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

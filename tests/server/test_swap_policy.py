@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.damaged_models import cache_with_damaged_small
 from support.images import data_uri, encode_image
 from support.servers import LiveServer, ModelHold, caption_task, post, wait_until
 
@@ -163,14 +164,9 @@ def test_no_swap_pins_the_start_model_on_every_api(start: Callable[..., LiveServ
 @pytest.fixture
 def damaged_small(installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A model cache with the tiny pair and a ``kquant-small`` pair whose text model is damaged."""
-    cache = tmp_path / "cache"
-    real = build_synthetic_pair("tiny").model_path.parent
-    shutil.copytree(real, cache / "synthetic" / real.name)
-    broken = cache / "synthetic" / real.name.replace("tiny", "kquant-small")
-    shutil.copytree(real, broken)
-    (broken / "model.gguf").write_bytes(b"GGUF" + b"\0" * 64)
-    monkeypatch.setenv("LLAVA_EDGE_CACHE", str(cache))
-    return cache
+    cache_with_damaged_small(tmp_path)
+    monkeypatch.setenv("LLAVA_EDGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def test_a_failed_swap_on_a_model_path_server_keeps_answering_with_the_start_model(

@@ -15,6 +15,11 @@ ImageFactory = Callable[..., bytes]
 def encode_image(width: int = 64, height: int = 48, format: str = "PNG", mode: str = "RGB", **save: object) -> bytes:
     image = Image.new(mode, (width, height))
     image.putdata([_pixel(mode, x, y) for y in range(height) for x in range(width)])
+    return encoded(image, format, **save)
+
+
+def encoded(image: Image.Image, format: str = "PNG", **save: object) -> bytes:
+    """``image`` saved in ``format``, as bytes."""
     buffer = io.BytesIO()
     image.save(buffer, format=format, **save)
     return buffer.getvalue()
